@@ -1,0 +1,318 @@
+"""The pieces `train_mosaic.py` assembles: data preparation, the Trainer subclass, task metrics, the card.
+
+The masking itself is the collator of `masking.py`; this module only adds what training needs around it:
+a columnar view of the catalog (one Arrow slice per batch instead of one dict per row), fixed "task" masks
+for the evaluation sets (redshift and stellar mass from LSST), and an epoch callback so that masks depend on
+(seed, epoch, galaxy) alone and a resumed run draws exactly the masks an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback, set_seed
+
+from .modalities import MODALITY_NAMES, get_modality
+
+logger = logging.getLogger(__name__)
+
+#: Evaluation tasks run at every evaluation: name -> the modalities shown (everything else is predicted).
+EVAL_TASKS = {"lsst": ("lsst",)}
+#: The modalities the task metrics score, and the photo-z scores logged for redshift.
+TASK_TARGETS = ("redshift", "log_stellar_mass")
+PHOTOZ_KEYS = ("bias", "sigma_nmad", "sigma_iqr", "outlier_rate")
+
+
+# ------------------------------------------------------------------------------------------ arguments
+def config_file_to_argv(path: str) -> list[str]:
+    """A YAML/JSON file of `name: value` pairs as command-line words, so the command line can override it."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"config file {path} does not exist")
+    with open(p) as f:
+        data = yaml.safe_load(f) if p.suffix in (".yaml", ".yml") else json.load(f)
+    if not isinstance(data, dict):
+        raise SystemExit(f"config file {path}: expected a mapping of argument names to values")
+    argv = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            argv.extend(str(v) for v in value)
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value))
+        else:
+            argv.append(str(value))
+    return argv
+
+
+# ------------------------------------------------------------------------------------------------ data
+class ColumnarDataset(torch.utils.data.Dataset):
+    """A catalog split seen as columns: a batch is one Arrow slice turned into numpy arrays.
+
+    `task` (a name of EVAL_TASKS) marks an evaluation set whose batches get that task's fixed mask.
+    """
+
+    def __init__(self, dataset, columns: list[str], task: str | None = None):
+        self.dataset = dataset.with_format("numpy", columns=columns)
+        self.task = task
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitems__(self, indices):
+        batch = dict(self.dataset[indices])
+        if self.task is not None:
+            batch["task"] = self.task
+        return batch
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])
+
+
+class TrainingCollator:
+    """Random hierarchical masking for training batches; a task's fixed mask for evaluation batches."""
+
+    def __init__(self, masking, config):
+        self.masking = masking
+        self.slices = config.modality_slices
+
+    def set_epoch(self, epoch: int):
+        self.masking.set_epoch(epoch)
+
+    def __call__(self, batch):
+        task = batch.pop("task", None) if isinstance(batch, dict) else None
+        out = self.masking(batch)
+        if task is not None:
+            shown = torch.zeros_like(out["input_mask"])
+            for name in EVAL_TASKS[task]:
+                shown[:, self.slices[name]] = True
+            out["input_mask"] = shown
+            out["target_mask"] = ~shown
+        return out
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the collator which epoch starts, so its masks are a function of (seed, epoch, galaxy)."""
+
+    def __init__(self, collator: TrainingCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.set_epoch(int(math.floor(state.epoch + 1e-9)))
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def make_compute_metrics(config):
+    """Task metrics in physical units, on the elements each batch scored: MAE of every target modality,
+    and for redshift the photo-z scores (RAIL definitions)."""
+    from .evaluation.metrics import photoz_metrics
+
+    modalities = list(config.modalities)
+    slices, width = config.modality_slices, config.num_elements
+    mean = np.concatenate([np.asarray(config.normalization[n]["mean"], float) for n in modalities])
+    std = np.concatenate([np.asarray(config.normalization[n]["std"], float) for n in modalities])
+
+    def compute_metrics(eval_pred):
+        preds = eval_pred.predictions
+        preds = next(p for p in (preds if isinstance(preds, tuple) else (preds,)) if p.ndim == 2 and p.shape[1] == width)
+        scored = np.asarray(eval_pred.label_ids, dtype=bool)
+        values = np.asarray(eval_pred.inputs, dtype=np.float64)
+        learned = preds * std + mean
+        metrics = {}
+        for name in TASK_TARGETS:
+            if name not in slices:
+                continue
+            s = slices[name]
+            m = get_modality(name)
+            ok = scored[:, s] & np.isfinite(values[:, s])
+            if not ok.any():
+                continue
+            pred = m.from_learning(learned[:, s])[ok]
+            true = values[:, s][ok]
+            metrics[f"{name}_mae"] = float(np.mean(np.abs(pred - true)))
+            if name == "redshift":
+                scores = photoz_metrics(pred, true)
+                metrics.update({f"redshift_{k}": scores[k] for k in PHOTOZ_KEYS})
+        return metrics
+
+    return compute_metrics
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+_TIMING_KEYS = ("_runtime", "_per_second")
+
+
+class MosaicTrainer(Trainer):
+    """Trainer whose model card is MOSAIC's own (the template `model_card.md`), not the generic draft."""
+
+    def __init__(self, *args, card_template: str | None = None, card_fields: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.card_template = card_template
+        self.card_fields = dict(card_fields or {})
+
+    def create_model_card(self, **kwargs):
+        if not self.is_world_process_zero() or self.card_template is None:
+            return
+        from . import card
+
+        metrics = {}
+        for entry in self.state.log_history:
+            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_") and not k.endswith(_TIMING_KEYS)})
+        fields = {
+            "model_name": self.args.hub_model_id or Path(self.args.output_dir).name,
+            "repo_or_path": self.args.hub_model_id or str(Path(self.args.output_dir).resolve()),
+            "modality_table": card.modality_table(self.model.config.modalities),
+            "metrics": card.metrics_table(metrics),
+            **self.card_fields,
+        }
+        text = card.render(Path(self.card_template).read_text(), **fields)
+        Path(self.args.output_dir, "README.md").write_text(text)
+
+
+# ------------------------------------------------------------------------------------------------- run
+def prepare_catalog(data_args) -> str:
+    """The catalog's location. With a `catalog` preset: `data_path` (default data/PRESET), built there when
+    absent. Without: `data_path` as given, a catalog folder or a Hub dataset id. Call inside `main_process_first()` so that one process builds and the others wait."""
+    if data_args.catalog is None:
+        if not data_args.data_path:
+            raise ValueError("name the training data: --catalog PRESET (built when absent) or --data_path DIR_OR_HUB_ID")
+        return data_args.data_path
+    from .catalog.presets import get_preset
+    from .catalog.writer import build_catalog
+
+    get_preset(data_args.catalog)  # an unknown preset fails here, before any work
+    path = data_args.data_path or os.path.join("data", data_args.catalog)
+    if Path(path).exists():
+        return path
+    logger.info("building the %s catalog into %s", data_args.catalog, path)
+    build_catalog(path, data_args.catalog, seed=data_args.catalog_seed, sfh_convention=data_args.sfh_convention,
+                  noise=data_args.noise, progress=True)
+    return path
+
+
+def check_columns(dataset, modalities, where: str) -> None:
+    """Fail before training if the catalog lacks a column the model needs."""
+    missing = [c for c in (*modalities, "galaxy_id") if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"catalog {where} has no column(s) {', '.join(missing)}; it has {', '.join(dataset.column_names)}")
+
+
+def build_model(model_args, normalization):
+    """A fresh model sized by the arguments, or the checkpoint `model_name_or_path`; normalisation from the data."""
+    from .configuration_mosaic import MosaicConfig
+    from .modeling_mosaic import MosaicModel
+
+    if model_args.model_name_or_path:
+        model = MosaicModel.from_pretrained(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
+        return model
+    config = MosaicConfig(
+        modalities=model_args.modalities,
+        hidden_size=model_args.hidden_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        intermediate_size=model_args.intermediate_size,
+        hidden_dropout_prob=model_args.hidden_dropout_prob,
+        attention_dropout=model_args.attention_dropout,
+        visible_loss_weight=model_args.visible_loss_weight,
+        attn_implementation=model_args.attn_implementation,
+    )
+    config.set_normalization({n: normalization[n] for n in config.modalities})
+    return MosaicModel(config)
+
+
+def run_training(model_args, data_args, training_args, callbacks=None, card_template: str | None = None):
+    """Build or load the catalog, train, evaluate on the held-out rows, save with the model card, push."""
+    from accelerate import PartialState
+
+    from .catalog.io import load_catalog, read_normalization
+    from .configuration_mosaic import MosaicConfig
+    from .masking import MosaicMaskingCollator
+
+    MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
+    with PartialState().main_process_first():
+        path = prepare_catalog(data_args)
+        train = load_catalog(path, split="train")
+    check_columns(train, model_args.modalities, path)
+    set_seed(training_args.seed)  # the initial weights depend on the seed alone, not on what ran before
+    model = build_model(model_args, read_normalization(path))
+    config = model.config
+
+    n_val = min(data_args.validation_size, len(train) // 5)
+    n_train = len(train) - n_val
+    if data_args.max_train_samples:
+        n_train = min(n_train, data_args.max_train_samples)
+    columns = [*config.modalities, "galaxy_id"]
+    val = train.select(range(len(train) - n_val, len(train)))
+    train_set = ColumnarDataset(train.select(range(n_train)), columns)
+    eval_sets = {"masked": ColumnarDataset(val, columns),
+                 **{task: ColumnarDataset(val, columns, task=task) for task in EVAL_TASKS}}
+
+    # What the collator and compute_metrics need from each batch, whatever the user's arguments said.
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["target_mask"]
+    training_args.include_for_metrics = ["inputs"]
+
+    collator = TrainingCollator(MosaicMaskingCollator(config, seed=training_args.seed), config)
+    catalog_info = _catalog_description(path, len(train_set), n_val)
+    trainer = MosaicTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_sets,
+        data_collator=collator,
+        compute_metrics=make_compute_metrics(config),
+        callbacks=[EpochCallback(collator), *(callbacks or [])],
+        card_template=card_template,
+        card_fields={"data_description": catalog_info,
+                     "training_description": _training_description(config, training_args)},
+    )
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    metrics = trainer.evaluate()
+    trainer.save_model()
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("all", {**result.metrics, **metrics})
+        trainer.create_model_card()
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return trainer, metrics
+
+
+def _catalog_description(path: str, n_train: int, n_val: int) -> str:
+    """What the model was trained on, for the card: the catalog's provenance and the rows used."""
+    text = f"Catalog `{path}`: {n_train} training rows, {n_val} held out for validation (the last rows of train)."
+    info = Path(path, "catalog.json")
+    if info.exists():
+        provenance = json.loads(info.read_text())["provenance"]
+        if provenance.get("origin") == "generated":
+            options = ", ".join(f"{k}={v}" for k, v in provenance["options"].items())
+            text += (f" Generated by `mosaic-catalog build --config {provenance['config']}` "
+                     f"(stellar-population synthesis on BC03 grids; {options}).")
+        else:
+            text += f" Imported from {', '.join(i['file'] for i in provenance.get('inputs', []))}."
+    return text
+
+
+def _training_description(config, args) -> str:
+    """The encoder's size and the optimisation, for the card."""
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    return (
+        f"Encoder: {config.num_hidden_layers} layers, hidden size {config.hidden_size}, "
+        f"{config.num_attention_heads} heads, MLP {config.intermediate_size}; modalities {', '.join(config.modalities)}. "
+        f"Masked regression ({config.loss_type}) with dynamic modality and segment masking. "
+        f"AdamW, learning rate {args.learning_rate} ({schedule} schedule), "
+        f"batch {args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation x "
+        f"{args.world_size} process(es), {precision}, seed {args.seed}."
+    )

@@ -1,0 +1,183 @@
+"""train_mosaic.py end to end on the tiny catalog: train, save, reload, predict; two processes; kill and
+resume to the same weights; push through the Hub client and pull back; bad configs fail before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from hub_servers import OlahServer, UploadServer, hub_env, run_isolated_python
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TINY = str(ROOT / "configs" / "tiny.yaml")
+# Few steps, a checkpoint every 4: enough to exercise evaluation, saving and resuming.
+SHORT = ["--max_steps", "8", "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "4",
+         "--disable_tqdm", "true"]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    from modeling_mosaic.catalog.writer import build_catalog
+
+    path = tmp_path_factory.mktemp("catalog") / "tiny"
+    build_catalog(path, "tiny")
+    return str(path)
+
+
+def train(catalog, out, *extra, callbacks=None):
+    import train_mosaic
+
+    return train_mosaic.main(["--config", TINY, "--data_path", catalog, "--output_dir", str(out), *SHORT, *extra],
+                             callbacks=callbacks)
+
+
+def lsst_inputs(catalog, n=16):
+    from modeling_mosaic.catalog.io import load_catalog
+
+    test = load_catalog(catalog, split="test").with_format("numpy")
+    return {"lsst": np.asarray(test["lsst"][:n], dtype=np.float32)}
+
+
+@pytest.fixture(scope="module")
+def trained(catalog, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "model"
+    train(catalog, out)
+    return out
+
+
+def test_tiny_run_saves_a_loadable_checkpoint_with_card_and_data_statistics(catalog, trained):
+    from transformers import AutoModel
+
+    from modeling_mosaic.catalog.io import read_normalization
+
+    for name in ("config.json", "model.safetensors", "configuration_mosaic.py", "modeling_mosaic.py",
+                 "modalities.py", "README.md"):
+        assert (trained / name).is_file(), name
+    assert not list(trained.glob("*.bin")) or [p.name for p in trained.glob("*.bin")] == ["training_args.bin"]
+    model = AutoModel.from_pretrained(trained)
+    stats = read_normalization(catalog)
+    for name in model.config.modalities:
+        np.testing.assert_allclose(model.config.normalization[name]["mean"], stats[name]["mean"], rtol=1e-6)
+    out = model.predict(lsst_inputs(catalog), targets=["redshift", "log_stellar_mass", "sfh"])
+    assert out["redshift"].shape == (16,) and out["sfh"].shape == (16, 100)
+    assert all(np.isfinite(v).all() for v in out.values())
+    assert (out["redshift"] >= 0).all() and (out["sfh"] >= 0).all()  # physical minimum of the registry
+
+    card = (trained / "README.md").read_text()
+    assert "{{" not in card and "tiny" in card and "eval_lsst_redshift_mae" in card
+    history = json.loads((trained / "trainer_state.json").read_text())["log_history"]
+    evals = [h for h in history if "eval_lsst_redshift_mae" in h]
+    assert evals and all(np.isfinite(h["eval_lsst_redshift_mae"]) for h in evals)
+    assert any("eval_masked_loss" in h for h in history)
+
+
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(catalog, trained, tmp_path):
+    """Kill (SIGKILL) a run after its step-4 checkpoint, resume from it, and compare with `trained`."""
+    out = tmp_path / "killed"
+    killer = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import train_mosaic
+        from transformers import TrainerCallback
+
+        class Kill(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 6:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        train_mosaic.main(sys.argv[1:], callbacks=[Kill()])
+    """)
+    args = ["--config", TINY, "--data_path", catalog, "--output_dir", str(out), *SHORT]
+    done = subprocess.run([PYTHON, "-c", killer, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert (out / "checkpoint-4").is_dir() and not (out / "model.safetensors").exists()
+
+    train(catalog, out, "--resume_from_checkpoint", str(out / "checkpoint-4"))
+    resumed, reference = load_file(out / "model.safetensors"), load_file(trained / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        np.testing.assert_allclose(resumed[key], reference[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_two_processes_over_gloo(catalog, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` runs MULTI_CPU on a CPU machine: both ranks train."""
+    from transformers import AutoModel
+
+    out = tmp_path / "ddp"
+    launcher = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port())]
+    cmd = [*launcher, str(ROOT / "train_mosaic.py"), "--config", TINY, "--data_path", catalog,
+           "--output_dir", str(out), *SHORT]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x 2 process(es)" in (out / "README.md").read_text()  # the card records the world size it ran with
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    model = AutoModel.from_pretrained(out)
+    assert np.isfinite(model.predict(lsst_inputs(catalog), targets=["redshift"])["redshift"]).all()
+
+
+def test_push_to_hub_through_the_hub_client_then_pull(catalog, trained, tmp_path):
+    """`--push_to_hub` pushes with the real huggingface_hub client to a local upload endpoint; the repo then
+    loads through olah (a real Hub mirror) in a process that cannot import modeling_mosaic."""
+    from transformers import AutoModel
+
+    mirrors = tmp_path / "mirrors"
+    out = tmp_path / "pushed"
+    with UploadServer(mirrors) as upload_url:
+        env = hub_env(upload_url, tmp_path / "hf_push", HF_TOKEN="dummy-token")
+        cmd = [PYTHON, str(ROOT / "train_mosaic.py"), "--config", TINY, "--data_path", catalog,
+               "--output_dir", str(out), *SHORT, "--push_to_hub", "true", "--hub_model_id", "org/pushed-mosaic"]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    inputs = lsst_inputs(catalog)
+    expected = AutoModel.from_pretrained(out).predict(inputs, targets=["redshift"])["redshift"]
+    np.save(tmp_path / "lsst.npy", inputs["lsst"])
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained("org/pushed-mosaic", trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        z = model.predict({"lsst": np.load(sys.argv[1])}, targets=["redshift"])["redshift"]
+        np.save(sys.argv[2], z)
+    """)
+    with OlahServer(mirrors) as olah_url:
+        run_isolated_python(code, str(tmp_path / "lsst.npy"), str(tmp_path / "z.npy"),
+                            env=hub_env(olah_url, tmp_path / "hf_pull"), cwd=tmp_path)
+    np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), expected)
+
+
+def test_unknown_modality_fails_before_any_work(catalog, tmp_path):
+    with pytest.raises(ValueError, match="unknown modality 'colour'.*redshift"):
+        train(catalog, tmp_path / "bad", "--modalities", "redshift", "colour")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_catalog_without_a_needed_column_is_named():
+    from datasets import Dataset
+
+    from modeling_mosaic.training import check_columns
+
+    data = Dataset.from_dict({"galaxy_id": [0], "redshift": [0.5]})
+    with pytest.raises(ValueError, match=r"catalog some/where has no column\(s\) lsst"):
+        check_columns(data, ["redshift", "lsst"], "some/where")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Train MOSAIC with `transformers.Trainer`: `accelerate launch train_mosaic.py --config configs/demo.yaml`.
+
+Arguments come in three groups (model, data, `TrainingArguments`), from a YAML/JSON file given with
+`--config`, overridden by any `--name value` on the command line. Plain `python train_mosaic.py ...` runs the
+same job on one device; `accelerate launch` runs it on several (DDP, or FSDP/DeepSpeed through an accelerate
+config). The catalog named by the data arguments is built when absent (main process first), then read
+memory-mapped by every process.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from modeling_mosaic.modalities import MODALITY_NAMES
+
+
+@dataclass
+class ModelArguments:
+    """The network: width, depth and loss. Normalisation statistics come from the training data."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "start from this checkpoint"})
+    modalities: list[str] = field(default_factory=lambda: list(MODALITY_NAMES))
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8
+    intermediate_size: int = 1024
+    hidden_dropout_prob: float = 0.0
+    attention_dropout: float = 0.0
+    visible_loss_weight: float = field(default=0.0, metadata={"help": "weight of the loss on visible elements"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager"})
+
+
+@dataclass
+class DataArguments:
+    """Which catalog to train on, and how to build it when it is not there yet."""
+
+    catalog: str | None = field(default=None, metadata={"help": "catalog preset (tiny, demo, paper) to build when absent"})
+    data_path: str | None = field(default=None, metadata={"help": "catalog folder (default data/PRESET) or Hub dataset id"})
+    catalog_seed: int = 0
+    sfh_convention: str = field(default="observed", metadata={"help": "observed or full"})
+    noise: str = field(default="none", metadata={"help": "none or realistic"})
+    validation_size: int = field(default=1000, metadata={"help": "rows held out of train for evaluation"})
+    max_train_samples: int | None = None
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse `--config FILE` (YAML or JSON) and command-line overrides into the three argument groups."""
+    from modeling_mosaic.training import config_file_to_argv
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    file_argv = []
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SystemExit("--config needs a file name")
+        file_argv = config_file_to_argv(argv[i + 1])
+        del argv[i : i + 2]
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    return parser.parse_args_into_dataclasses(args=file_argv + argv, look_for_args_file=False)
+
+
+def main(argv: list[str] | None = None, callbacks=None):
+    """Run one training job; `callbacks` are extra TrainerCallbacks (tests use one to interrupt a run)."""
+    from modeling_mosaic.training import run_training
+
+    model_args, data_args, training_args = parse_args(argv)
+    card = Path(__file__).with_name("model_card.md")
+    return run_training(model_args, data_args, training_args, callbacks=callbacks, card_template=str(card))
+
+
+if __name__ == "__main__":
+    main()
