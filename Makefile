@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# olah (a read-only Hugging Face Hub mirror) runs from its own venv: the Hub pull tests serve checkpoints with it.
+OLAH_VENV := .venv-olah
+OLAH := $(OLAH_VENV)/bin/olah-cli
 
 .PHONY: install demo test clean
 
@@ -17,11 +20,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[sim,eval,test]"
 	touch $(STAMP)
 
-demo: install
-	$(PY) -m modeling_mosaic.catalog.cli build --config demo --out data/demo
+$(OLAH):
+	$(PYTHON) -m venv $(OLAH_VENV)
+	$(OLAH_VENV)/bin/pip install -q olah==0.5.4
 
-test: install
+# The main job: build the demo catalog (data/demo), train the demo model, evaluate it into results/demo.
+demo: install
+	$(PY) train_mosaic.py --config configs/demo.yaml
+	$(PY) -m modeling_mosaic.evaluation.cli --model results/demo/model --data data/demo --out results/demo
+
+test: install $(OLAH)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) results data/tiny data/demo data/paper
+	rm -rf $(VENV) $(OLAH_VENV) results data/tiny data/demo data/paper

@@ -39,7 +39,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("log_metallicity", 0, "float32", "log10(Z/Zsun)", "stellar metallicity"),
     Column("dust_av", 0, "float32", "mag", "V-band attenuation of the stellar continuum"),
     Column("log_sfr_100myr", 0, "float32", "log10(Msun/yr)", "SFR averaged over the last 100 Myr (floor 1e-6)"),
-    Column("quenched", 0, "int8", "", "1 if the galaxy is quenched (population label), else 0"),
+    Column("quenched", 0, "int8", "", "1 quenched, 0 star-forming (population label); -1 unknown (imported)"),
     Column("lsst_flux_true", N_LSST, "float32", "nJy", "noise-free LSST ugrizy fluxes"),
     Column("lsst_flux", N_LSST, "float32", "nJy", "LSST fluxes with the catalog's noise model applied"),
     Column("lsst_flux_err", N_LSST, "float32", "nJy", "1-sigma LSST flux errors of the noise model (0: none)"),

@@ -1,0 +1,75 @@
+"""Read a catalog folder (or a Hub dataset repo) written by `writer`: rows through `datasets`, statistics as arrays.
+
+A local folder is read with datasets' Parquet builder keyed (`hash=`) on a digest of its catalog.json, which
+is new at every build: `load_dataset(folder)` alone keys its Arrow cache on the card's YAML only, so a
+catalog rebuilt in the same place with the same sizes would silently come back from the stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
+from datasets.packaged_modules.parquet.parquet import Parquet
+
+from .features import catalog_features
+from .stats import load_normalization
+
+CATALOG_FILE = "catalog.json"
+NORMALIZATION_FILE = "normalization.json"
+
+
+def _local_catalog(path_or_hub_id: str | os.PathLike) -> Path | None:
+    """The catalog folder if the argument names an existing local path (checked to be finished), else None."""
+    path = Path(path_or_hub_id).expanduser()
+    if not path.exists():
+        return None
+    if not (path / CATALOG_FILE).exists():
+        raise ValueError(
+            f"{path}: not a finished MOSAIC catalog (no {CATALOG_FILE}). Build one with `mosaic-catalog build`; "
+            f"a sharded build needs `mosaic-catalog finalize {path}` once all shards are done"
+        )
+    return path.resolve()
+
+
+def load_catalog(
+    path_or_hub_id: str | os.PathLike,
+    split: str | None = None,
+    *,
+    streaming: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset | DatasetDict | IterableDataset | IterableDatasetDict:
+    """A catalog's train and test splits (a `DatasetDict`), or one split, with the catalog's exact features.
+
+    `streaming=True` reads the Parquet files lazily (an `IterableDataset`); `cache_dir` is datasets' cache.
+    """
+    local = _local_catalog(path_or_hub_id)
+    cache_dir = None if cache_dir is None else str(cache_dir)
+    if local is None:
+        return load_dataset(str(path_or_hub_id), split=split, features=catalog_features(), streaming=streaming,
+                            cache_dir=cache_dir)
+    catalog_bytes = (local / CATALOG_FILE).read_bytes()
+    catalog = json.loads(catalog_bytes)
+    data_files = {s: [str(local / f) for f in info["files"]] for s, info in catalog["splits"].items()}
+    builder = Parquet(cache_dir=cache_dir, dataset_name=f"mosaic_catalog_{local.name}", data_files=data_files,
+                      features=catalog_features(), hash=hashlib.sha256(catalog_bytes).hexdigest()[:16])
+    if streaming:
+        return builder.as_streaming_dataset(split=split)
+    builder.download_and_prepare()
+    return builder.as_dataset(split=split)
+
+
+def read_normalization(path_or_hub_id: str | os.PathLike) -> dict:
+    """{modality: {"mean": array, "std": array}} from a catalog folder, a normalization.json, or a Hub repo."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_file():
+        return load_normalization(path)
+    local = _local_catalog(path_or_hub_id)
+    if local is not None:
+        return load_normalization(local / NORMALIZATION_FILE)
+    from huggingface_hub import hf_hub_download
+
+    return load_normalization(hf_hub_download(str(path_or_hub_id), NORMALIZATION_FILE, repo_type="dataset"))

@@ -1,0 +1,165 @@
+"""Importing users' catalogs: canonical Parquet, Diffsky/OpenCosmo HDF5, missing modalities, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_catalog_packaging import as_numpy, synthetic_chunk
+
+from modeling_mosaic.catalog import cli
+from modeling_mosaic.catalog.features import chunk_to_table
+from modeling_mosaic.catalog.importer import import_catalog, read_catalog
+from modeling_mosaic.catalog.io import load_catalog, read_normalization
+from modeling_mosaic.catalog.schema import COLUMN_NAMES
+from modeling_mosaic.modalities import LSST_BANDS, MODALITIES
+
+N = 60
+
+
+def write_diffsky_hdf5(path, n=N, with_header=True, **overrides):
+    """An OpenCosmo-like Diffsky file: a `data/` group of 1-D columns and a `header/` group."""
+    rng = np.random.default_rng(5)
+    columns = {
+        "redshift_true": rng.uniform(0.05, 2.5, n),
+        "redshift_obs": rng.uniform(0.05, 2.5, n),
+        "logmp_obs": rng.uniform(11.0, 14.0, n),
+        "logsm_obs": rng.uniform(8.0, 11.5, n),
+        "mc_sfh_type": rng.integers(0, 3, n).astype(float),
+        "av": rng.uniform(0.0, 1.0, n),
+        "lgmcrit": rng.uniform(11.0, 13.0, n),  # a Diffstar parameter with no counterpart: ignored
+        **{f"lsst_{b}": rng.uniform(19.0, 27.0, n) for b in LSST_BANDS},
+    }
+    columns.update(overrides)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        for name, values in columns.items():
+            data.create_dataset(name, data=values)
+        if with_header:
+            header = f.create_group("header")
+            header.attrs["z_range"] = [0.0, 3.0]
+            header.create_group("cosmology").attrs["Om0"] = 0.30964
+    return columns
+
+
+def test_canonical_parquet_round_trip(tmp_path):
+    chunk = synthetic_chunk(0, N)
+    src = tmp_path / "mine.parquet"
+    pq.write_table(chunk_to_table(chunk), src)
+    catalog = import_catalog([src], tmp_path / "out", test_fraction=0.25, seed=3)
+    assert (catalog["splits"]["train"]["rows"], catalog["splits"]["test"]["rows"]) == (45, 15)
+    ds = load_catalog(tmp_path / "out", cache_dir=tmp_path / "hf")
+    train, test = as_numpy(ds["train"]), as_numpy(ds["test"])
+    got = {name: np.concatenate([train[name], test[name]]) for name in COLUMN_NAMES}
+    order = np.argsort(got["galaxy_id"])
+    for name in COLUMN_NAMES:
+        np.testing.assert_array_equal(got[name][order], chunk[name], err_msg=name)
+        assert got[name].dtype == chunk[name].dtype
+    assert np.all(np.diff(train["galaxy_id"]) > 0) and np.all(np.diff(test["galaxy_id"]) > 0)  # input order kept
+    assert catalog["provenance"]["missing_modalities"] == []
+
+
+def test_diffsky_hdf5_maps_magnitudes_and_marks_missing(tmp_path):
+    src = tmp_path / "lc_cores-487.0.diffsky_gals.hdf5"
+    given = write_diffsky_hdf5(src)
+    columns, files = read_catalog([src])
+    np.testing.assert_array_equal(columns["redshift"], given["redshift_true"].astype(np.float32))
+    np.testing.assert_array_equal(columns["log_halo_mass"], given["logmp_obs"].astype(np.float32))
+    np.testing.assert_array_equal(columns["log_stellar_mass"], given["logsm_obs"].astype(np.float32))
+    np.testing.assert_array_equal(columns["quenched"], (given["mc_sfh_type"] == 0).astype(np.int8))
+    np.testing.assert_array_equal(columns["galaxy_id"], np.arange(N))
+    mags = np.column_stack([given[f"lsst_{b}"] for b in LSST_BANDS])
+    np.testing.assert_allclose(columns["lsst_flux"], 3631e9 * 10 ** (-0.4 * mags), rtol=1e-6)
+    np.testing.assert_array_equal(columns["lsst_flux_err"], 0.0)
+    bright = columns["lsst_flux"] > 100 * np.asarray(MODALITIES["lsst"].softening_njy)  # asinh error ~ 1e-4 mag
+    assert bright.sum() > 100
+    assert np.max(np.abs(columns["lsst"] - mags)[bright]) < 1e-3  # asinh = AB magnitude for bright sources
+    assert np.all(np.isfinite(columns["lsst"]))
+    for name in ("sfh", "sed", "spherex"):
+        assert columns[name].shape == (N, MODALITIES[name].length) and np.all(np.isnan(columns[name]))
+    assert files[0].header == {"z_range": [0.0, 3.0], "cosmology/Om0": 0.30964}
+
+    catalog = import_catalog([src], tmp_path / "out")
+    assert catalog["provenance"]["missing_modalities"] == ["sfh", "sed", "spherex"]
+    assert catalog["provenance"]["inputs"][0]["columns"]["redshift"] == "redshift_true"
+    stats = read_normalization(tmp_path / "out")
+    assert np.all(np.isfinite(stats["sed"]["mean"])) and np.all(stats["sed"]["std"] == 1.0)  # never seen: neutral
+    test = as_numpy(load_catalog(tmp_path / "out", split="test", cache_dir=tmp_path / "hf"))
+    assert test["sed"].shape == (6, 256) and np.all(np.isnan(test["sed"]))
+
+
+def test_redshift_obs_is_the_fallback_and_nan_redshift_is_missing(tmp_path):
+    src = tmp_path / "obs.h5"
+    z = np.linspace(0.1, 2.0, N)
+    z[3] = np.nan
+    write_diffsky_hdf5(src, redshift_obs=z)
+    with h5py.File(src, "a") as f:
+        del f["data/redshift_true"]
+    columns, files = read_catalog([src])
+    np.testing.assert_array_equal(columns["redshift"], z.astype(np.float32))
+    assert files[0].sources["redshift"] == "redshift_obs"
+
+
+def test_error_wrong_vector_length_names_file_and_column(tmp_path):
+    src = tmp_path / "short_sed.parquet"
+    table = pa.table({"redshift": np.ones(3), "sed": pa.array([[1.0] * 200] * 3)})
+    pq.write_table(table, src)
+    with pytest.raises(ValueError, match=r"short_sed\.parquet: column 'sed' has vectors of length 200.*256"):
+        read_catalog([src])
+    h5 = tmp_path / "short_sfh.h5"
+    with h5py.File(h5, "w") as f:
+        f["redshift"] = np.ones(3)
+        f["sfh"] = np.ones((3, 99))
+    with pytest.raises(ValueError, match=r"short_sfh\.h5: column 'sfh' has vectors of length 99"):
+        read_catalog([h5])
+
+
+def test_error_nan_in_required_galaxy_id(tmp_path):
+    src = tmp_path / "ids.h5"
+    write_diffsky_hdf5(src, galaxy_id=np.where(np.arange(N) == 7, np.nan, np.arange(N)))
+    with pytest.raises(ValueError, match=r"ids\.h5: required column 'galaxy_id' has nan in row 7"):
+        read_catalog([src])
+    dup = tmp_path / "dup.h5"
+    write_diffsky_hdf5(dup, galaxy_id=np.zeros(N))
+    with pytest.raises(ValueError, match="dup.h5: required column 'galaxy_id' repeats id 0"):
+        read_catalog([dup])
+
+
+@pytest.mark.parametrize("suffix", [".hdf5", ".parquet"])
+def test_error_truncated_file_names_it(tmp_path, suffix):
+    src = tmp_path / f"cut{suffix}"
+    if suffix == ".hdf5":
+        write_diffsky_hdf5(src, n=5000)
+    else:
+        pq.write_table(chunk_to_table(synthetic_chunk(0, 50)), src)
+    data = src.read_bytes()
+    src.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"cut\{suffix}.*truncated or corrupt"):
+        read_catalog([src])
+
+
+def test_error_no_modality_and_unknown_extension(tmp_path):
+    src = tmp_path / "params_only.h5"
+    with h5py.File(src, "w") as f:
+        f["data/lgmcrit"] = np.ones(4)
+        f["data/dust_av"] = np.ones(4)
+    with pytest.raises(ValueError, match=r"params_only\.h5: no finite value in any modality column"):
+        read_catalog([src])
+    with pytest.raises(ValueError, match=r"cat\.csv: unknown catalog format '\.csv'"):
+        read_catalog([tmp_path / "cat.csv"])
+
+
+def test_cli_import_then_info(tmp_path, capsys):
+    src = tmp_path / "lc.hdf5"
+    write_diffsky_hdf5(src)
+    out = tmp_path / "imported"
+    assert cli.main(["import", str(src), "--out", str(out), "--test-fraction", "0.2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "missing modalities (all NaN): sfh, sed, spherex" in printed and "48 rows" in printed
+    assert json.loads((out / "catalog.json").read_text())["splits"]["test"]["rows"] == 12
+    assert cli.main(["import", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "nope.h5: no such file" in capsys.readouterr().err
