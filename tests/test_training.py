@@ -181,3 +181,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_catalog_pushes_as_a_dataset_repo_that_load_dataset_reads(catalog, tmp_path):
+    """`mosaic-catalog push` through the real Hub client; `load_dataset("org/name")` through olah, in a process
+    without modeling_mosaic, returns the catalog's rows."""
+    from modeling_mosaic.catalog.io import load_catalog
+
+    mirrors = tmp_path / "mirrors"
+    with UploadServer(mirrors) as upload_url:
+        env = hub_env(upload_url, tmp_path / "hf_push", HF_TOKEN="dummy-token")
+        cmd = [PYTHON, "-m", "modeling_mosaic.catalog.cli", "push", catalog, "--repo", "org/tiny-catalog"]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        from datasets import load_dataset
+        test = load_dataset("org/tiny-catalog", split="test").with_format("numpy")
+        np.savez(sys.argv[1], galaxy_id=test["galaxy_id"], lsst=np.stack(test["lsst"]), redshift=test["redshift"])
+    """)
+    with OlahServer(mirrors) as olah_url:
+        run_isolated_python(code, str(tmp_path / "rows.npz"), env=hub_env(olah_url, tmp_path / "hf_pull"), cwd=tmp_path)
+    pulled = np.load(tmp_path / "rows.npz")
+    local = load_catalog(catalog, split="test").with_format("numpy")
+    np.testing.assert_array_equal(pulled["galaxy_id"], local["galaxy_id"])
+    np.testing.assert_array_equal(pulled["lsst"], np.stack(local["lsst"]))
+    np.testing.assert_array_equal(pulled["redshift"], local["redshift"])

@@ -5,6 +5,7 @@
     mosaic-catalog finalize DIR                                                    # once all shards are done
     mosaic-catalog import INPUT [INPUT ...] --out DIR [--test-fraction 0.1]
     mosaic-catalog info DIR
+    mosaic-catalog push DIR --repo ORG/NAME [--private]                            # a Hub dataset repo
 
 Also runnable as `python -m modeling_mosaic.catalog.cli`.
 """
@@ -95,6 +96,19 @@ def _info(args) -> None:
     print(format_summary(catalog))
 
 
+def _push(args) -> None:
+    """Upload a finished catalog folder as a Hub dataset repo; `load_dataset("ORG/NAME")` then reads it."""
+    from huggingface_hub import HfApi
+
+    if not (Path(args.dir) / "catalog.json").exists():
+        raise ValueError(f"{args.dir}: no catalog.json (not a finished catalog); nothing was pushed")
+    api = HfApi()
+    api.create_repo(args.repo, repo_type="dataset", private=args.private, exist_ok=True)
+    info = api.upload_folder(repo_id=args.repo, repo_type="dataset", folder_path=args.dir,
+                             commit_message="Upload MOSAIC catalog", ignore_patterns=["_*", ".*"])
+    print(f"pushed {args.dir} to dataset repo {args.repo} (commit {info.oid})")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mosaic-catalog", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -128,6 +142,12 @@ def parser() -> argparse.ArgumentParser:
     n = sub.add_parser("info", help="describe a catalog folder")
     n.add_argument("dir")
     n.set_defaults(func=_info)
+
+    u = sub.add_parser("push", help="upload a catalog folder as a Hugging Face Hub dataset repo")
+    u.add_argument("dir")
+    u.add_argument("--repo", required=True, help="ORG/NAME of the dataset repo (created if absent)")
+    u.add_argument("--private", action="store_true")
+    u.set_defaults(func=_push)
     return p
 
 

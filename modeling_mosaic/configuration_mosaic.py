@@ -1,0 +1,205 @@
+"""MOSAIC model configuration: which modalities, how they are cut into tokens and normalised, the encoder's
+size, the loss, and the masking hyper-parameters the model was trained with.
+
+This file is remote code: it imports only numpy, transformers and (relatively) the modality registry, so a
+checkpoint's copy of it loads on a machine without the `modeling_mosaic` package.
+"""
+
+import math
+from typing import ClassVar
+
+import numpy as np
+from transformers import PretrainedConfig
+
+from .modalities import MODALITIES, MODALITY_NAMES, get_modality
+
+#: Order-of-magnitude (mean, std) of each modality in learning space for a Last-Journey-like catalog
+#: (0 < z < 3, halo masses above 1e11 Msun): log10(1 + z); log10 masses; log10(SFR + 1e-3 Msun/yr);
+#: log10(L_nu + 1e15 erg/s/Hz); asinh magnitudes. They only keep a fresh model's inputs near unit scale;
+#: a trained model carries its catalog's per-element statistics (`set_normalization_from_data`).
+DEFAULT_NORMALIZATION = {
+    "redshift": (0.3, 0.15),
+    "log_halo_mass": (12.0, 0.7),
+    "log_stellar_mass": (10.0, 0.8),
+    "sfh": (-1.0, 1.5),
+    "sed": (28.0, 1.5),
+    "lsst": (25.0, 2.0),
+    "spherex": (23.0, 1.5),
+}
+
+#: Smallest per-element standard deviation `set_normalization_from_data` keeps, in learning-space units:
+#: an element that barely varies in the training catalog must not amplify a new galaxy's deviation 1e6-fold.
+MIN_STD = 1e-2
+
+
+class MosaicConfig(PretrainedConfig):
+    """Configuration of `MosaicModel`; `MosaicConfig()` is the standard seven-modality model.
+
+    The model's flat layout concatenates the configured modalities, in registry order, into one vector of
+    `num_elements` values per galaxy; `modality_slices` says where each one lives.
+
+    Args:
+        modalities: modality names (registry order is imposed); default all seven.
+        patch_sizes: elements per token for each vector modality; default the registry's `patch_size`.
+        normalization: name -> {"mean": [...], "std": [...]}, one entry per element, in learning space
+            (after the registry's log transform); default `DEFAULT_NORMALIZATION` broadcast per element.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_dropout_prob,
+        attention_dropout, layer_norm_eps, initializer_range: the pre-norm transformer encoder.
+        loss_type: "mse", "l1" or "huber" (delta 1), on normalised values.
+        visible_loss_weight: weight of the reconstruction error on visible elements (0: masked loss only).
+        mask_segment_probability: chance that a visible vector modality also hides one contiguous segment.
+        mask_segment_fraction: [min, max] fraction of a vector's length that such a segment covers.
+        mask_prior_probability: chance that a training sample shows nothing at all, which teaches the
+            model its unconditional prior (what `predict` returns for empty inputs).
+    """
+
+    model_type = "mosaic"
+    keys_to_ignore_at_inference: ClassVar[list] = ["last_hidden_state", "pooled"]
+
+    def __init__(
+        self,
+        modalities=None,
+        patch_sizes=None,
+        normalization=None,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        intermediate_size=1024,
+        hidden_dropout_prob=0.0,
+        attention_dropout=0.0,
+        layer_norm_eps=1e-6,
+        initializer_range=0.02,
+        loss_type="mse",
+        visible_loss_weight=0.0,
+        mask_segment_probability=0.5,
+        mask_segment_fraction=(0.1, 0.5),
+        mask_prior_probability=0.02,
+        **kwargs,
+    ):
+        names = MODALITY_NAMES if modalities is None else [get_modality(n).name for n in modalities]
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"modalities must be distinct and non-empty, got {list(names)}")
+        self.modalities = [n for n in MODALITY_NAMES if n in names]
+
+        patch_sizes = dict(patch_sizes or {})
+        for name in patch_sizes:
+            if name not in self.modalities:
+                raise ValueError(f"patch_sizes names {name!r}, which is not one of the modalities {self.modalities}")
+        self.patch_sizes = {
+            n: int(patch_sizes.get(n, MODALITIES[n].patch_size)) if not MODALITIES[n].is_scalar else 1
+            for n in self.modalities
+        }
+        for name, size in self.patch_sizes.items():
+            if not 1 <= size <= MODALITIES[name].length:
+                raise ValueError(f"patch_sizes[{name!r}] = {size} must lie in 1..{MODALITIES[name].length}")
+
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
+                             f"{num_attention_heads}")
+        if loss_type not in ("mse", "l1", "huber"):
+            raise ValueError(f"loss_type must be 'mse', 'l1' or 'huber', got {loss_type!r}")
+        low, high = (float(f) for f in mask_segment_fraction)
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"mask_segment_fraction must satisfy 0 < min <= max <= 1, got {mask_segment_fraction}")
+
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_dropout = attention_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.loss_type = loss_type
+        self.visible_loss_weight = float(visible_loss_weight)
+        self.mask_segment_probability = float(mask_segment_probability)
+        self.mask_segment_fraction = [low, high]
+        self.mask_prior_probability = float(mask_prior_probability)
+        super().__init__(**kwargs)
+
+        self.normalization = {}
+        default = {
+            n: {"mean": [DEFAULT_NORMALIZATION[n][0]] * MODALITIES[n].length,
+                "std": [DEFAULT_NORMALIZATION[n][1]] * MODALITIES[n].length}
+            for n in self.modalities
+        }
+        self.set_normalization({**default, **(normalization or {})})
+
+    # ------------------------------------------------------------------------------------------ layout
+    @property
+    def modality_slices(self) -> dict:
+        """name -> slice of the flat (num_elements,) vector holding that modality."""
+        slices, start = {}, 0
+        for name in self.modalities:
+            slices[name] = slice(start, start + MODALITIES[name].length)
+            start += MODALITIES[name].length
+        return slices
+
+    @property
+    def num_elements(self) -> int:
+        return sum(MODALITIES[n].length for n in self.modalities)
+
+    def flatten(self, columns, argument="inputs"):
+        """Modality columns in physical units -> (N, num_elements) float32, NaN where a modality is absent.
+
+        Scalars are (N,) or (N, 1), vectors (N, length); other columns (ids, modalities this model does not
+        use) are ignored. `argument` names the caller's argument in error messages.
+        """
+        given = {n: v for n, v in columns.items() if n in self.modalities}
+        if not given:
+            raise ValueError(f"{argument}: no modality columns; expected some of {', '.join(self.modalities)}")
+        arrays = {n: np.asarray(v, dtype=np.float32) for n, v in given.items()}
+        sizes = {n: a.shape[0] if a.ndim else None for n, a in arrays.items()}
+        if len(set(sizes.values())) != 1 or None in sizes.values():
+            raise ValueError(f"{argument}: every modality needs the same number of rows, got {sizes}")
+        n_rows = next(iter(sizes.values()))
+        flat = np.full((n_rows, self.num_elements), np.nan, dtype=np.float32)
+        for name, array in arrays.items():
+            length = MODALITIES[name].length
+            if array.shape != (n_rows, length) and not (length == 1 and array.shape == (n_rows,)):
+                shape = "(N,)" if length == 1 else f"(N, {length})"
+                raise ValueError(f"{argument}[{name!r}] has shape {array.shape}; expected {shape} with length {length}")
+            flat[:, self.modality_slices[name]] = array.reshape(n_rows, length)
+        return flat
+
+    def unflatten(self, flat, names):
+        """(N, num_elements) -> {name: (N,) for a scalar, (N, length) for a vector}."""
+        return {n: flat[:, self.modality_slices[n]].reshape(-1) if MODALITIES[n].is_scalar
+                else flat[:, self.modality_slices[n]] for n in names}
+
+    # ----------------------------------------------------------------------------------- normalization
+    def set_normalization(self, stats):
+        """Set per-element learning-space statistics: name -> {"mean": seq, "std": seq} (length = modality's).
+
+        Modalities not named keep their statistics. Every std must be finite and positive.
+        """
+        for name, entry in stats.items():
+            if name not in self.modalities:
+                raise ValueError(f"normalization: {name!r} is not one of the modalities {self.modalities}")
+            length = MODALITIES[name].length
+            mean = [float(v) for v in np.ravel(entry["mean"])]
+            std = [float(v) for v in np.ravel(entry["std"])]
+            if len(mean) != length or len(std) != length:
+                raise ValueError(
+                    f"normalization[{name!r}]: mean has {len(mean)} and std {len(std)} entries, expected {length}")
+            if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+                raise ValueError(f"normalization[{name!r}]: means must be finite and stds finite and positive")
+            self.normalization[name] = {"mean": mean, "std": std}
+
+    def set_normalization_from_data(self, columns):
+        """Set the statistics from physical-unit columns (e.g. the training split): per element, the mean and
+        std of the learning-space values over finite entries (std floored at `MIN_STD`)."""
+        flat = self.flatten(columns, argument="columns")
+        stats = {}
+        for name in self.modalities:
+            if name not in columns:
+                continue
+            learned = MODALITIES[name].to_learning(flat[:, self.modality_slices[name]])
+            learned[~np.isfinite(flat[:, self.modality_slices[name]])] = np.nan
+            if np.isnan(learned).all(axis=0).any():
+                raise ValueError(f"columns[{name!r}]: some elements have no finite value; cannot compute statistics")
+            stats[name] = {"mean": np.nanmean(learned, axis=0), "std": np.maximum(np.nanstd(learned, axis=0), MIN_STD)}
+        self.set_normalization(stats)
+
+
+__all__ = ["DEFAULT_NORMALIZATION", "MosaicConfig"]

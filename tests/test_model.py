@@ -1,0 +1,265 @@
+"""MosaicModel and MosaicConfig: invariances the design promises, shapes, errors, persistence, and learning."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modeling_mosaic import (
+    MODALITIES,
+    MODALITY_NAMES,
+    MosaicConfig,
+    MosaicMaskingCollator,
+    MosaicModel,
+)
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+
+
+def synthetic_columns(rng, n):
+    """Physically plausible columns for every modality (not a physical model)."""
+    z = rng.uniform(0.05, 3.0, n)
+    halo = rng.uniform(11.0, 14.0, n)
+    return {
+        "redshift": z,
+        "log_halo_mass": halo,
+        "log_stellar_mass": 0.8 * halo + 0.5 + 0.1 * rng.normal(size=n),
+        "sfh": rng.uniform(0.0, 20.0, (n, 100)),
+        "sed": 10.0 ** rng.uniform(26.0, 29.0, (n, 256)),
+        "lsst": rng.normal(25.0, 1.0, (n, 6)),
+        "spherex": rng.normal(23.0, 1.0, (n, 102)),
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: extra threads only fight the other processes on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MosaicModel(MosaicConfig(**TINY)).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+    """A flat batch with random masks and some missing elements."""
+    rng = np.random.default_rng(1)
+    values = model.config.flatten(synthetic_columns(rng, 12))
+    values[rng.random(values.shape) < 0.05] = np.nan
+    input_mask = rng.random(values.shape) < 0.5
+    target_mask = ~input_mask & (rng.random(values.shape) < 0.7)
+    return torch.from_numpy(values), torch.from_numpy(input_mask), torch.from_numpy(target_mask)
+
+
+def test_default_config_is_the_standard_model():
+    config = MosaicConfig()
+    assert config.modalities == list(MODALITY_NAMES)
+    assert config.num_elements == sum(m.length for m in MODALITIES.values()) == 467
+    assert MosaicModel(config).layout.num_tokens == 3 + 10 + 16 + 6 + 6
+
+
+@pytest.mark.parametrize("pattern", ["random", "all_visible", "nothing_visible", "default_targets"])
+def test_output_shapes_and_dtypes(model, batch, pattern):
+    values, input_mask, target_mask = batch
+    if pattern == "all_visible":
+        input_mask = torch.ones_like(input_mask)
+    elif pattern == "nothing_visible":
+        input_mask = torch.zeros_like(input_mask)
+    out = model(values, input_mask, None if pattern in ("default_targets", "all_visible") else target_mask)
+    batch_size, num_modalities, hidden = values.shape[0], len(model.config.modalities), model.config.hidden_size
+    assert out.loss.shape == () and torch.isfinite(out.loss)
+    assert out.modality_losses.shape == (num_modalities,) and torch.isfinite(out.modality_losses).all()
+    assert out.predictions.shape == values.shape and out.predictions.dtype == torch.float32
+    assert out.last_hidden_state.shape == (batch_size, model.layout.num_tokens, hidden)
+    assert out.pooled.shape == (batch_size, num_modalities, hidden)
+    if pattern == "all_visible":  # nothing hidden, so nothing scored by default
+        assert out.loss.item() == 0.0 and (out.modality_losses == 0).all()
+    assert model(values, input_mask, target_mask, return_dict=False)[0].shape == ()
+
+
+def test_hidden_values_do_not_change_outputs(model, batch):
+    values, input_mask, target_mask = batch
+    reference = model(values, input_mask, target_mask)
+    hidden = ~input_mask
+    for replacement in (float("nan"), float("inf"), 1e30, -7.0):
+        changed = torch.where(hidden & ~target_mask, replacement, values)
+        out = model(changed, input_mask, target_mask)
+        for key in ("loss", "modality_losses", "predictions", "last_hidden_state", "pooled"):
+            assert torch.equal(out[key], reference[key]), key
+        scored_changed = model(torch.where(hidden, replacement, values), input_mask, target_mask)
+        for key in ("predictions", "last_hidden_state", "pooled"):
+            assert torch.equal(scored_changed[key], reference[key]), key
+
+
+def test_subsequence_predict_matches_full_sequence(model):
+    rng = np.random.default_rng(2)
+    columns = synthetic_columns(rng, 9)
+    sfh = columns["sfh"].copy()
+    sfh[:, :70] = np.nan  # "LSST + SFH with 0-10 Gyr hidden"
+    inputs = {"lsst": columns["lsst"], "sfh": sfh}
+    predicted = model.predict(inputs, targets=["redshift", "sfh", "log_stellar_mass"])
+
+    values = torch.from_numpy(model.config.flatten(inputs))
+    full = model.to_physical(model(values, torch.isfinite(values)).predictions)
+    expected = model.config.unflatten(full, ["redshift", "sfh", "log_stellar_mass"])
+    np.testing.assert_allclose(predicted["redshift"], expected["redshift"], rtol=1e-5)
+    np.testing.assert_allclose(predicted["log_stellar_mass"], expected["log_stellar_mass"], rtol=1e-5)
+    np.testing.assert_allclose(predicted["sfh"][:, :70], expected["sfh"][:, :70], rtol=1e-5)
+    np.testing.assert_array_equal(predicted["sfh"][:, 70:], sfh[:, 70:].astype(np.float32))  # given: as given
+
+
+def test_predict_is_batch_size_invariant(model):
+    inputs = {"lsst": synthetic_columns(np.random.default_rng(3), 23)["lsst"]}
+    reference = model.predict(inputs, batch_size=4096)
+    for batch_size in (1, 5):
+        out = model.predict(inputs, batch_size=batch_size)
+        for name in reference:
+            np.testing.assert_allclose(out[name], reference[name], rtol=1e-5, atol=1e-6)
+
+
+def test_predict_and_embed_shapes(model):
+    columns = synthetic_columns(np.random.default_rng(4), 6)
+    out = model.predict({"lsst": columns["lsst"], "redshift": columns["redshift"]})
+    assert set(out) == set(MODALITY_NAMES) - {"lsst", "redshift"}
+    for name, array in out.items():
+        shape = (6,) if MODALITIES[name].is_scalar else (6, MODALITIES[name].length)
+        assert array.shape == shape and array.dtype == np.float32 and np.isfinite(array).all()
+        assert (array >= MODALITIES[name].minimum).all()
+    fully_given = model.predict({"redshift": columns["redshift"]}, targets="redshift")
+    np.testing.assert_array_equal(fully_given["redshift"], columns["redshift"].astype(np.float32))
+    embedded = model.embed({"lsst": columns["lsst"], "sed": columns["sed"]}, batch_size=4)
+    assert set(embedded) == {"lsst", "sed", "all"}
+    assert all(e.shape == (6, model.config.hidden_size) and np.isfinite(e).all() for e in embedded.values())
+
+
+def test_sdpa_matches_eager(model, batch):
+    assert model.config._attn_implementation == "sdpa"
+    sdpa = model(*batch)
+    model.set_attn_implementation("eager")
+    try:
+        eager = model(*batch)
+    finally:
+        model.set_attn_implementation("sdpa")
+    for key in ("loss", "predictions", "last_hidden_state"):
+        torch.testing.assert_close(eager[key], sdpa[key], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors(model):
+    with pytest.raises(ValueError, match="valid names are redshift, log_halo_mass"):
+        model.predict({"photo_z": np.zeros(3)})
+    with pytest.raises(ValueError, match="valid names are"):
+        model.predict({"lsst": np.zeros((3, 6))}, targets=["mass"])
+    with pytest.raises(ValueError, match=r"expected \(N, 6\) with length 6"):
+        model.predict({"lsst": np.zeros((3, 5))})
+    with pytest.raises(ValueError, match="same number of rows"):
+        model.predict({"lsst": np.zeros((3, 6)), "redshift": np.zeros(4)})
+    with pytest.raises(ValueError, match="redshift"):
+        MosaicConfig(modalities=["redshift", "colour"])
+    with pytest.raises(ValueError, match="expected 6"):
+        MosaicConfig().set_normalization({"lsst": {"mean": [0.0] * 5, "std": [1.0] * 5}})
+
+
+def test_inf_is_missing_and_empty_inputs_give_the_prior(model):
+    lsst = np.full((2, 6), 25.0)
+    lsst[:, 2] = np.inf
+    with_inf = model.predict({"lsst": lsst}, targets=["redshift"])
+    lsst[:, 2] = np.nan
+    np.testing.assert_array_equal(with_inf["redshift"], model.predict({"lsst": lsst}, targets=["redshift"])["redshift"])
+
+    prior = model.predict({})
+    assert set(prior) == set(MODALITY_NAMES)
+    assert all(np.isfinite(v).all() and v.shape[0] == 1 for v in prior.values())
+    nothing_given = model.predict({"lsst": np.full((1, 6), np.nan)}, targets=["redshift"])
+    np.testing.assert_allclose(nothing_given["redshift"], prior["redshift"], rtol=1e-6)
+
+
+def test_config_round_trip_and_save_load(model, batch, tmp_path):
+    config = MosaicConfig(**TINY, modalities=["lsst", "redshift"], patch_sizes={"lsst": 2}, loss_type="huber")
+    assert config.modalities == ["redshift", "lsst"]  # registry order
+    again = MosaicConfig.from_dict(json.loads(config.to_json_string()))
+    assert again.to_dict() == config.to_dict()
+
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    reloaded = MosaicModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.to_dict() == {**model.config.to_dict(), "_name_or_path": str(tmp_path)}
+    for key, value in model(*batch).items():
+        assert torch.equal(reloaded(*batch)[key], value), key
+
+
+def test_normalization_from_data():
+    columns = synthetic_columns(np.random.default_rng(5), 200)
+    config = MosaicConfig(modalities=["redshift", "sed"])
+    config.set_normalization_from_data(columns)
+    mean = np.mean(np.log10(1.0 + columns["redshift"]))
+    assert config.normalization["redshift"]["mean"][0] == pytest.approx(mean, rel=1e-5)
+    assert len(config.normalization["sed"]["std"]) == 256 and min(config.normalization["sed"]["std"]) > 0.5
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    special=st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, -5.0, 3.4e38]),
+    fraction=st.floats(0.0, 1.0),
+)
+def test_outputs_are_never_nan(model, seed, special, fraction):
+    rng = np.random.default_rng(seed)
+    values = model.config.flatten(synthetic_columns(rng, 4))
+    values[rng.random(values.shape) < fraction] = special
+    input_mask = rng.random(values.shape) < rng.random()
+    out = model(torch.from_numpy(values), torch.from_numpy(input_mask))
+    for key in ("loss", "modality_losses", "predictions", "last_hidden_state", "pooled"):
+        assert not torch.isnan(out[key]).any(), key
+    predicted = model.predict(model.config.unflatten(np.where(input_mask, values, np.nan), ["lsst", "sed", "redshift"]))
+    assert not any(np.isnan(v).any() for v in predicted.values())
+
+
+def test_learns_a_cross_modal_relation():
+    """Redshift from LSST colours and stellar mass from halo mass: far better than predicting the mean."""
+    rng = np.random.default_rng(6)
+
+    def sample(n):
+        z = rng.uniform(0.0, 3.0, n)
+        halo = rng.uniform(11.0, 14.0, n)
+        slopes = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5])
+        return {
+            "redshift": z,
+            "log_halo_mass": halo,
+            "log_stellar_mass": 0.8 * halo + 0.5 + 0.05 * rng.normal(size=n),
+            "lsst": 24.0 + rng.normal(size=(n, 1)) + slopes * z[:, None],
+            "galaxy_id": np.arange(n),
+        }
+
+    train, test = sample(4096), sample(512)
+    config = MosaicConfig(modalities=["redshift", "log_halo_mass", "log_stellar_mass", "lsst"], **TINY,
+                          mask_prior_probability=0.0)
+    config.set_normalization_from_data(train)
+    torch.manual_seed(0)
+    model = MosaicModel(config)
+    collator = MosaicMaskingCollator(config, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(200):
+        collator.set_epoch(step // 32)
+        rows = slice((step % 32) * 128, (step % 32 + 1) * 128)
+        loss = model(**collator({k: v[rows] for k, v in train.items()})).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+    def normalised_mse(name, inputs):
+        predicted = model.predict({k: test[k] for k in inputs}, targets=[name])[name]
+        learned = MODALITIES[name].to_learning
+        return np.mean((learned(predicted) - learned(test[name])) ** 2) / np.var(learned(test[name]))
+
+    assert normalised_mse("redshift", ["lsst"]) < 0.3
+    assert normalised_mse("log_stellar_mass", ["log_halo_mass"]) < 0.3
