@@ -136,7 +136,7 @@ MODALITIES: dict[str, Modality] = {
             log=True, offset=1.0e-3, minimum=0.0, patch_size=10,
         ),
         Modality(
-            "sed", "vector", 256, "erg/s/Hz", "rest-frame spectral energy distribution L_nu (dust-attenuated)",
+            "sed", "vector", 256, "erg/s/Hz", "rest-frame L_nu (dust-attenuated, emission lines included), averaged over log bins",
             axis_name="rest wavelength", axis_unit="Angstrom", axis=SED_WAVELENGTH_AA,
             log=True, offset=1.0e15, minimum=0.0, patch_size=16,
         ),

@@ -42,11 +42,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("quenched", 0, "int8", "", "1 quenched, 0 star-forming (population label); -1 unknown (imported)"),
     Column("lsst_flux_true", N_LSST, "float32", "nJy", "noise-free LSST ugrizy fluxes"),
     Column("lsst_flux", N_LSST, "float32", "nJy", "LSST fluxes with the catalog's noise model applied"),
-    Column("lsst_flux_err", N_LSST, "float32", "nJy", "1-sigma LSST flux errors of the noise model (0: none)"),
+    Column("lsst_flux_err", N_LSST, "float32", "nJy", "1-sigma error of the LSST 10-year depth model, stored even when noise='none'"),
     Column("lsst_true", N_LSST, "float32", "AB asinh mag", "asinh magnitudes of the noise-free fluxes"),
     Column("spherex_flux_true", N_SPHEREX, "float32", "nJy", "noise-free SPHEREx fluxes"),
     Column("spherex_flux", N_SPHEREX, "float32", "nJy", "SPHEREx fluxes with the catalog's noise model applied"),
-    Column("spherex_flux_err", N_SPHEREX, "float32", "nJy", "1-sigma SPHEREx flux errors (0: none)"),
+    Column("spherex_flux_err", N_SPHEREX, "float32", "nJy", "1-sigma error of the SPHEREx depth model (deep or all-sky), stored even when noise='none'"),
     Column("spherex_true", N_SPHEREX, "float32", "AB asinh mag", "asinh magnitudes of the noise-free fluxes"),
 )
 
