@@ -138,12 +138,13 @@ MODALITIES: dict[str, Modality] = {
         Modality(
             "sed", "vector", 256, "erg/s/Hz", "rest-frame L_nu (dust-attenuated, emission lines included), averaged over log bins",
             axis_name="rest wavelength", axis_unit="Angstrom", axis=SED_WAVELENGTH_AA,
-            log=True, offset=1.0e15, minimum=0.0, patch_size=16,
+            log=True, offset=1.0e15, minimum=0.0, patch_size=32,
         ),
         Modality(
             "lsst", "vector", 6, "AB asinh mag", "LSST ugrizy asinh magnitudes (finite for any flux)",
             axis_name="band", axis_unit="Angstrom", axis=LSST_CENTRES_AA, labels=LSST_BANDS,
-            softening_njy=_lsst_softening_njy(), patch_size=1,
+            # one token for the six bands: photo-z from LSST then costs two tokens (LSST in, redshift out).
+            softening_njy=_lsst_softening_njy(), patch_size=6,
         ),
         Modality(
             "spherex", "vector", 102, "AB asinh mag", "SPHEREx 102-channel asinh magnitudes",

@@ -64,7 +64,7 @@ def test_default_config_is_the_standard_model():
     config = MosaicConfig()
     assert config.modalities == list(MODALITY_NAMES)
     assert config.num_elements == sum(m.length for m in MODALITIES.values()) == 467
-    assert MosaicModel(config).layout.num_tokens == 3 + 10 + 16 + 6 + 6
+    assert MosaicModel(config).layout.num_tokens == 3 + 100 // 10 + 256 // 32 + 6 // 6 + 102 // 17
 
 
 @pytest.mark.parametrize("pattern", ["random", "all_visible", "nothing_visible", "default_targets"])

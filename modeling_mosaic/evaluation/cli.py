@@ -1,0 +1,64 @@
+"""`mosaic-evaluate`: score a MOSAIC model on a catalog's test split and write a report.
+
+    mosaic-evaluate --model DIR_OR_REPO --data DIR --out DIR [--max-test N] [--no-baselines] [--no-figures]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .baselines import MAX_TRAIN, THREADS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mosaic-evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model folder or Hub repo id (AutoModel, trust_remote_code)")
+    parser.add_argument("--data", required=True,
+                        help="catalog folder in Parquet layout (DIR/data/{train,test}-*.parquet)")
+    parser.add_argument("--out", required=True, help="output folder for metrics.json, REPORT.md and figures")
+    parser.add_argument("--max-test", type=int, default=None, help="evaluate a seeded random subset of N test galaxies")
+    parser.add_argument("--max-train", type=int, default=MAX_TRAIN,
+                        help=f"cap on the baselines' training rows (default {MAX_TRAIN})")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help=f"threads of the baselines' estimators (default {THREADS})")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the single-task scikit-learn baselines")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the SFH-convention ablation")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--batch-size", type=int, default=4096, help="galaxies per model.predict batch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every subsample and estimator")
+    return parser
+
+
+def load_model(name_or_path: str):
+    """The model through transformers.AutoModel (the repo's own remote code), in eval mode."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
+    return model.eval() if hasattr(model, "eval") else model
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    positive = {"--max-test": args.max_test, "--max-train": args.max_train, "--batch-size": args.batch_size,
+                "--threads": args.threads}
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} must be a positive integer, got {value}")
+    if not (Path(args.data) / "data").is_dir():
+        raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
+    from .report import run_evaluation
+
+    run_evaluation(
+        load_model(args.model), args.data, args.out, max_test=args.max_test, baselines=not args.no_baselines,
+        figures=not args.no_figures, ablation=not args.no_ablation, seed=args.seed, batch_size=args.batch_size,
+        max_train=args.max_train, threads=args.threads, model_name=args.model,
+    )
+    print(f"report: {Path(args.out) / 'REPORT.md'}")
+    print(f"metrics: {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

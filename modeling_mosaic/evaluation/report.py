@@ -1,0 +1,351 @@
+"""Run the evaluation and write OUT/metrics.json, OUT/REPORT.md and the figures.
+
+The model is scored on the test split under the five figure-2 conditions; the single-task baselines and
+the SFH-convention ablation are trained on the train split. Every number in REPORT.md is read from the
+same dictionary that metrics.json holds.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..modalities import MODALITY_NAMES, get_modality
+from .baselines import MAX_TRAIN, TASKS, THREADS, run_baselines, sfh_convention_ablation, subsample_rows
+from .conditions import CONDITIONS, Condition
+from .metrics.functions import gain, photoz_metrics, regression_metrics
+
+#: The paper's headline gains (Xia et al. 2025, figure 2) and how each is computed here:
+#: name -> (modality, condition with the extra input, condition without).
+PAPER_GAINS = {"redshift_gain_spherex": 0.50, "stellar_mass_gain_late_vs_early_sfh": 0.63}
+HEADLINES = {
+    "redshift_gain_spherex": ("redshift", "lsst+spherex", "lsst"),
+    "stellar_mass_gain_late_vs_early_sfh": ("log_stellar_mass", "lsst+sfh_late", "lsst+sfh_early"),
+}
+#: At most this many test galaxies are embedded for the figure-3 analogue.
+MAX_EMBED = 5000
+#: Columns the baselines and the ablation read from the train split.
+TRAIN_COLUMNS = ("redshift", "log_stellar_mass", "lsst", "spherex", "sfh")
+
+NMAE_DEFINITION = (
+    "normalised MAE of a galaxy = mean over its scored elements of |prediction - truth| / sigma, where sigma "
+    "is the standard deviation of the truth over the test set for that element (elements whose truth does "
+    "not vary are left out); reported as the median and 16th/84th percentiles over galaxies"
+)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def read_split(data_dir, split: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Columns of one split of a catalog in Hugging Face Parquet layout (DIR/data/{split}-*.parquet) as
+    numpy arrays, vectors as (rows, length). Reads only the columns asked for; nulls become NaN."""
+    files = sorted(glob.glob(os.path.join(os.fspath(data_dir), "data", f"{split}-*.parquet")))
+    if not files:
+        raise FileNotFoundError(f"no Parquet shard {data_dir}/data/{split}-*.parquet")
+    schema = pq.read_schema(files[0])
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise ValueError(f"{files[0]}: missing column(s) {missing}")
+    table = pa.concat_tables(pq.read_table(f, columns=list(columns)) for f in files)
+    return {c: _column_to_numpy(table.column(c).combine_chunks(), c, files[0]) for c in columns}
+
+
+def _column_to_numpy(array: pa.Array, name: str, source: str) -> np.ndarray:
+    if not pa.types.is_list(array.type) and not pa.types.is_fixed_size_list(array.type):
+        return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float64)
+    length = get_modality(name).length if name in MODALITY_NAMES else array.type.list_size
+    out = np.full((len(array), length), np.nan, dtype=np.float32)
+    valid = np.asarray(array.is_valid())
+    values = np.asarray(array.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    if values.size != valid.sum() * length:
+        raise ValueError(f"{source}: column {name!r} must hold vectors of length {length}")
+    out[valid] = values.reshape(-1, length)
+    return out
+
+
+def _take(columns: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in columns.items()}
+
+
+# ------------------------------------------------------------------------------------------ the model
+def model_modalities(model) -> tuple[str, ...]:
+    """The modalities a model knows (config.modalities), in registry order."""
+    names = getattr(getattr(model, "config", None), "modalities", None) or MODALITY_NAMES
+    unknown = [n for n in names if n not in MODALITY_NAMES]
+    if unknown:
+        raise ValueError(f"model.config.modalities has names the registry does not know: {unknown}")
+    return tuple(n for n in MODALITY_NAMES if n in names)
+
+
+def score_target(condition: Condition, name: str, truth: np.ndarray, prediction: np.ndarray) -> dict:
+    """Metrics of one predicted modality under one condition (photo-z metrics too for redshift). A target
+    with nothing to score gets None values and the reason."""
+    try:
+        result = regression_metrics(prediction, truth, condition.score_mask(name))
+        if name == "redshift":
+            result.update(photoz_metrics(prediction, truth))
+        m = get_modality(name)
+        if m.log:
+            result["mae_learning_space"] = regression_metrics(
+                m.to_learning(prediction), m.to_learning(truth), condition.score_mask(name)
+            )["mae"]
+    except ValueError as error:
+        return {"mae": None, "nmae_median": None, "nmae_p16": None, "nmae_p84": None, "error": str(error)}
+    result["n_nonfinite_predictions"] = int((~np.isfinite(np.asarray(prediction, dtype=np.float64))).sum())
+    return result
+
+
+def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[Condition], batch_size: int):
+    """Predict and score every target of every condition. Returns (results, predictions, predict seconds):
+    results[condition][modality] = metrics; predictions[condition][modality] = (galaxies, ...) float32."""
+    modalities = model_modalities(model)
+    results, predictions, seconds = {}, {}, {}
+    for condition in conditions:
+        targets = condition.targets(modalities)
+        start = time.perf_counter()
+        output = model.predict(condition.inputs(test), targets=targets, batch_size=batch_size)
+        seconds[condition.name] = round(time.perf_counter() - start, 3)
+        missing = [t for t in targets if t not in output]
+        if missing:
+            raise ValueError(f"model.predict returned no {missing} for condition {condition.name!r}")
+        predictions[condition.name] = {t: np.asarray(output[t], dtype=np.float32) for t in targets}
+        results[condition.name] = {
+            t: score_target(condition, t, test[t], predictions[condition.name][t]) for t in targets
+        }
+    return results, predictions, seconds
+
+
+def headline_gains(results: Mapping[str, Mapping[str, dict]]) -> dict[str, float | None]:
+    """gain = 1 - MAE_with / MAE_without for each headline (None if a condition was not run)."""
+
+    def mae(condition, name):
+        return results.get(condition, {}).get(name, {}).get("mae")
+
+    return {key: gain(mae(with_, name), mae(without, name)) for key, (name, with_, without) in HEADLINES.items()}
+
+
+def embedding_maps(model, test, conditions, batch_size: int, seed: int):
+    """2-D maps of the pooled last hidden state ('all') of up to MAX_EMBED test galaxies per condition.
+    Returns (maps, rows embedded, method)."""
+    from .figures import project_2d
+
+    rows = subsample_rows(len(test["redshift"]), MAX_EMBED, seed)
+    subset = _take(test, rows)
+    maps, method = {}, "PCA"
+    for condition in conditions:
+        embedding = np.asarray(model.embed(condition.inputs(subset), batch_size=batch_size)["all"], dtype=np.float64)
+        embedding = np.where(np.isfinite(embedding), embedding, 0.0)
+        maps[condition.name], method = project_2d(embedding, seed)
+    return maps, rows, method
+
+
+# ------------------------------------------------------------------------------------- the evaluation
+def run_evaluation(
+    model,
+    data_dir,
+    out_dir,
+    *,
+    max_test: int | None = None,
+    baselines: bool = True,
+    figures: bool = True,
+    ablation: bool = True,
+    seed: int = 0,
+    batch_size: int = 4096,
+    max_train: int | None = MAX_TRAIN,
+    threads: int | None = THREADS,
+    model_name: str = "",
+) -> dict:
+    """Evaluate `model` on DATA_DIR's test split, write OUT_DIR/metrics.json, REPORT.md and the PNG
+    figures, and return the metrics. `max_test` subsamples the test rows (seeded); `max_train` caps the
+    training rows of the baselines and the ablation, `threads` their thread count."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    modalities = model_modalities(model)
+    conditions = [c for c in CONDITIONS if set(c.inputs_needed) <= set(modalities)]
+    needed = set(modalities) | set(TRAIN_COLUMNS)
+    test_all = read_split(data_dir, "test", [n for n in MODALITY_NAMES if n in needed])
+    n_available = len(test_all["redshift"])
+    test = _take(test_all, subsample_rows(n_available, max_test, seed))
+
+    results, predictions, predict_s = evaluate_model(model, test, conditions, batch_size)
+    metrics = {
+        "n_test": int(len(test["redshift"])),
+        "n_test_available": int(n_available),
+        "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", ""),
+        "data": os.fspath(data_dir),
+        "modalities": list(modalities),
+        "conditions": results,
+        "condition_descriptions": {c.name: c.description for c in conditions},
+        "skipped_conditions": [c.name for c in CONDITIONS if c not in conditions],
+        "headline": headline_gains(results),
+        "paper_headline": PAPER_GAINS,
+        "nmae_definition": NMAE_DEFINITION,
+        "baselines": {},
+        "timing_s": {"mosaic_predict": predict_s},
+    }
+    if baselines or ablation:
+        train = read_split(data_dir, "train", TRAIN_COLUMNS)
+        if baselines:
+            tasks = [t for t in TASKS if t.condition in results]
+            metrics["baselines"] = run_baselines(train, test, tasks, seed=seed, max_train=max_train, threads=threads)
+        if ablation:
+            metrics["sfh_convention_ablation"] = sfh_convention_ablation(
+                train, test, seed=seed, max_train=max_train, threads=threads
+            )
+    figure_files = {}
+    if figures:
+        figure_files = _write_figures(model, test, results, predictions, conditions, modalities, out_dir,
+                                      batch_size, seed, metrics)
+    metrics["timing_s"]["total"] = round(time.perf_counter() - start, 3)
+    write_text(json.dumps(metrics, indent=2, allow_nan=False), out_dir / "metrics.json")
+    write_text(render_report(metrics, figure_files), out_dir / "REPORT.md")
+    return metrics
+
+
+def _write_figures(model, test, results, predictions, conditions, modalities, out_dir, batch_size, seed, metrics):
+    from .figures import EMBEDDING_COLOURS, figure_conditions, figure_embeddings, figure_photoz
+
+    files = {"conditions": figure_conditions(test, predictions, conditions, modalities, results,
+                                             out_dir / "figure2_conditions.png").name}
+    photoz = {c: p["redshift"] for c, p in predictions.items()
+              if results[c].get("redshift", {}).get("bias") is not None}
+    if photoz:
+        files["photoz"] = figure_photoz(test["redshift"], photoz, {c: results[c]["redshift"] for c in photoz},
+                                        out_dir / "photoz.png").name
+    if hasattr(model, "embed"):
+        maps, rows, method = embedding_maps(model, test, conditions, batch_size, seed)
+        colours = {n: test[n][rows] for n in EMBEDDING_COLOURS if n in test}
+        files["embeddings"] = figure_embeddings(maps, colours, method, out_dir / "figure3_embeddings.png").name
+        metrics["embedding_map"] = {"method": method, "n_galaxies": int(len(rows))}
+    return files
+
+
+def write_text(text: str, path) -> None:
+    """Write a file atomically: a temporary file beside it, then rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- REPORT
+def _fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _headline_section(metrics) -> list[str]:
+    base_gains = metrics.get("baselines", {}).get("gains", {})
+    header = ["gain = 1 - MAE_with / MAE_without", "MOSAIC", "paper (Xia et al. 2025, fig. 2)",
+              *(f"baseline {e}" for e in base_gains)]
+    rows = []
+    for key, (name, with_, without) in HEADLINES.items():
+        rows.append([f"{key} ({name}: {with_} vs {without})", _fmt(metrics["headline"][key], 3),
+                     _fmt(PAPER_GAINS[key], 2), *(_fmt(g.get(key), 3) for g in base_gains.values())])
+    return ["## Headline gains", "", *_table(header, rows), ""]
+
+
+def _conditions_section(metrics) -> list[str]:
+    lines = ["## Metrics per condition", "", f"MAE in physical units (MAE-bar for vectors: mean absolute error "
+             "over elements); `MAE (learned space)`: the same after the registry's log10(x + offset), for "
+             f"modalities learned in log space; {metrics['nmae_definition']}. "
+             "For the SFH conditions only the hidden part of the SFH is scored (every hidden bin, including bins "
+             "after a galaxy's epoch, where the true SFR is 0).", ""]
+    for condition, targets in metrics["conditions"].items():
+        lines += [f"### {condition}: {metrics['condition_descriptions'][condition]}", ""]
+        rows = [[name, get_modality(name).unit or "-", _fmt(m["mae"]),
+                 _fmt(m.get("mae_learning_space")) if get_modality(name).log else "(same)",
+                 f"{_fmt(m['nmae_median'], 3)} [{_fmt(m['nmae_p16'], 3)}, {_fmt(m['nmae_p84'], 3)}]"]
+                for name, m in targets.items()]
+        lines += [*_table(["target", "unit", "MAE", "MAE (learned space)", "nMAE median [p16, p84]"], rows), ""]
+    photoz = {c: t["redshift"] for c, t in metrics["conditions"].items()
+              if t.get("redshift", {}).get("bias") is not None}
+    if photoz:
+        rows = [[c, f"{m['bias']:+.4f}", f"{m['sigma_iqr']:.4f}", f"{m['sigma_nmad']:.4f}",
+                 f"{100 * m['outlier_rate']:.2f}%", f"{m['outlier_threshold']:.3f}"] for c, m in photoz.items()]
+        lines += ["### Photo-z (RAIL definitions on ez = (z_pred - z_true)/(1 + z_true))", "",
+                  *_table(["condition", "bias", "sigma_IQR", "sigma_NMAD", "outlier rate", "outlier bound on abs(ez)"],
+                          rows), ""]
+    return lines
+
+
+def _baselines_section(metrics) -> list[str]:
+    baselines = metrics.get("baselines") or {}
+    if not baselines.get("tasks"):
+        return []
+    lines = ["## MOSAIC beside single-task baselines", "",
+             "kNN: k-nearest neighbours on standardised features, k chosen on a 20% validation split; "
+             "HGB: scikit-learn HistGradientBoostingRegressor. Features: the condition's inputs (asinh "
+             "magnitudes, log10(SFR + 1e-3) on the given SFH bins). Same test rows, same metric functions.", ""]
+    rows = []
+    for task, r in baselines["tasks"].items():
+        mosaic = metrics["conditions"][r["condition"]][r["target"]]["mae"]
+        est = r["estimators"]
+        best_name = min(est, key=lambda e: est[e]["mae"])
+        best = est[best_name]["mae"]
+        if mosaic is None:
+            verdict = "n/a"
+        elif mosaic > best:
+            verdict = (f"MOSAIC loses to {best_name}: MAE +{mosaic - best:.3g} "
+                       f"(+{100 * (mosaic / best - 1):.0f}%, {mosaic / best:.2g}x)")
+        else:
+            verdict = f"MOSAIC wins over {best_name}: MAE {mosaic - best:.3g} ({100 * (mosaic / best - 1):.0f}%)"
+        knn = est.get("knn", {})
+        rows.append([task, _fmt(mosaic), f"{_fmt(knn.get('mae'))} (k={knn.get('params', {}).get('k')})",
+                     _fmt(est.get("hgb", {}).get("mae")), verdict,
+                     ", ".join(f"{e} {v['fit_s']:.1f}/{v['predict_s']:.2f}" for e, v in est.items())])
+    lines += _table(["task", "MOSAIC MAE", "kNN MAE", "HGB MAE", "verdict", "fit/predict s"], rows)
+    first = next(iter(baselines["tasks"].values()))
+    if first["n_train"] < first["n_train_available"]:
+        lines += ["", f"The baselines were trained on a random subsample of {first['n_train']} of the "
+                  f"{first['n_train_available']} training galaxies (cap {baselines['max_train']}) to keep the "
+                  "evaluation at a few minutes; MOSAIC saw the whole train split."]
+    mosaic_s = sum(metrics["timing_s"]["mosaic_predict"].values())
+    lines += ["", f"MOSAIC predicted every target of all conditions in {mosaic_s:.1f} s in total.", ""]
+    return lines
+
+
+def _ablation_section(metrics) -> list[str]:
+    ablation = metrics.get("sfh_convention_ablation")
+    if not ablation:
+        return []
+    rows = [[name, _fmt(g, 3)] for name, g in ablation.items()]
+    return ["## SFH-convention ablation (HGB baseline, stellar mass: late vs early SFH)", "",
+            "gain = 1 - MAE(LSST + SFH at 10-13.8 Gyr) / MAE(LSST + SFH at 0-10 Gyr). sfr: star-formation "
+            "rate; mass_formed: cumulative mass formed (cumsum of SFR dt); _shape: divided by the total mass "
+            "formed; z<0.5: train and test cut to low redshift. "
+            f"Paper (MOSAIC, SFR): {PAPER_GAINS['stellar_mass_gain_late_vs_early_sfh']}.",
+            "", *_table(["convention", "gain"], rows), ""]
+
+
+def render_report(metrics: Mapping, figures: Mapping[str, str]) -> str:
+    """REPORT.md from the metrics dictionary and the figure file names (relative to the report)."""
+    lines = ["# MOSAIC evaluation", "",
+             f"Model `{metrics['model']}`, data `{metrics['data']}`, {metrics['n_test']} test galaxies "
+             f"(of {metrics['n_test_available']}). Conditions: {', '.join(metrics['conditions'])}."]
+    if metrics["skipped_conditions"]:
+        lines.append(f"Skipped (the model lacks an input modality): {', '.join(metrics['skipped_conditions'])}.")
+    lines.append("")
+    lines += _headline_section(metrics)
+    lines += _conditions_section(metrics)
+    lines += _baselines_section(metrics)
+    lines += _ablation_section(metrics)
+    captions = {"conditions": "Figure 2 analogue: predictions by input condition",
+                "photoz": "Photo-z diagnostic", "embeddings": "Figure 3 analogue: embeddings"}
+    if figures:
+        lines += ["## Figures", ""]
+        for key, name in figures.items():
+            lines += [f"### {captions[key]}", "", f"![{captions[key]}]({name})", ""]
+    lines.append(f"Evaluation took {metrics['timing_s']['total']:.1f} s.")
+    return "\n".join(lines) + "\n"

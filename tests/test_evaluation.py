@@ -1,0 +1,359 @@
+"""The evaluation end to end on a tiny fake catalog (Parquet, the schema's columns) and a fake model whose
+errors are known, so every expected MAE, normalised MAE and gain is known in advance."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from modeling_mosaic.catalog.features import chunk_to_table
+from modeling_mosaic.catalog.schema import COLUMNS
+from modeling_mosaic.evaluation import cli
+from modeling_mosaic.evaluation.baselines import (
+    GAIN_TASKS,
+    TASKS,
+    condition_features,
+    sfh_convention_ablation,
+    sfh_conventions,
+)
+from modeling_mosaic.evaluation.conditions import CONDITIONS, SFH_LATE, Condition, get_condition
+from modeling_mosaic.evaluation.report import read_split
+from modeling_mosaic.modalities import MODALITIES, MODALITY_NAMES, SFH_TIME_GYR
+
+N_TRAIN, N_TEST = 240, 120
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_catalog(n: int, seed: int) -> dict:
+    """Every schema column, with physically ordered values: stellar mass sets the SFH amplitude and the
+    magnitudes, redshift the epoch (SFR = 0 after it) and a colour."""
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(0.05, 2.0, n)
+    mass = rng.normal(10.0, 0.6, n)
+    epoch = 13.8 / (1.0 + z) ** 1.2
+    t = np.asarray(SFH_TIME_GYR)
+    sfh = 10 ** (mass[:, None] - 9.5) * np.exp(-((t - rng.uniform(2, 8, n)[:, None]) / 3.0) ** 2)
+    sfh[t[None, :] > epoch[:, None]] = 0.0
+    chunk = {}
+    for c in COLUMNS:
+        shape = (n,) if c.length == 0 else (n, c.length)
+        chunk[c.name] = rng.normal(0.0, 1.0, shape).astype(c.dtype)
+    chunk.update(
+        galaxy_id=np.arange(n) + 10_000 * seed,
+        redshift=z,
+        log_stellar_mass=mass,
+        log_halo_mass=mass + 1.8 + rng.normal(0, 0.2, n),
+        sfh=sfh,
+        sed=10 ** (28.0 + (mass - 10.0)[:, None] + rng.normal(0, 0.1, (n, MODALITIES["sed"].length))),
+        lsst=24.0 - 2.5 * (mass - 10.0)[:, None] + np.linspace(0, 1, 6) * z[:, None] + rng.normal(0, 0.05, (n, 6)),
+        spherex=20.0 - 2.5 * (mass - 10.0)[:, None] + rng.normal(0, 0.2, (n, 102)),
+        cosmic_time_gyr=epoch,
+        quenched=(rng.uniform(size=n) < 0.3).astype(np.int8),
+    )
+    return chunk
+
+
+def write_fake_dataset(root) -> dict:
+    (root / "data").mkdir(parents=True)
+    splits = {"train": fake_catalog(N_TRAIN, 1), "test": fake_catalog(N_TEST, 2)}
+    for split, chunk in splits.items():
+        pq.write_table(chunk_to_table(chunk), root / "data" / f"{split}-00000-of-00001.parquet")
+    return splits
+
+
+# The fake model's errors. Scalars get +-error alternating by galaxy (so |error| is exact but the mean
+# error is ~0); vectors get +error on every element the condition hides and +100 on the elements it shows
+# (which must not be scored).
+REDSHIFT_ERROR = {"with_spherex": 0.05, "without": 0.1}
+MASS_ERROR = {"late_sfh": 0.037, "early_sfh": 0.1, "no_sfh": 0.2}
+CONSTANT_ERROR = {"log_halo_mass": 0.3, "sfh": 0.5, "sed": 1e27, "lsst": 0.25, "spherex": 0.4}
+
+
+class FakeModel:
+    """predict/embed with the contract of MosaicModel: returns truth + the known errors above."""
+
+    def __init__(self, truth):
+        self.truth = truth
+        self.config = SimpleNamespace(modalities=list(MODALITY_NAMES))
+        self.predict_calls = []
+
+    def _scalar_error(self, inputs, name):
+        sfh = inputs.get("sfh")
+        if name == "redshift":
+            return REDSHIFT_ERROR["with_spherex" if "spherex" in inputs else "without"]
+        if name == "log_stellar_mass" and sfh is not None:
+            return MASS_ERROR["late_sfh" if np.isfinite(sfh[:, -1]).all() else "early_sfh"]
+        if name == "log_stellar_mass":
+            return MASS_ERROR["no_sfh"]
+        return CONSTANT_ERROR[name]
+
+    def predict(self, inputs, targets=None, batch_size=4096):
+        self.predict_calls.append((sorted(inputs), list(targets)))
+        n = len(next(iter(inputs.values())))
+        out = {}
+        for name in targets:
+            truth = np.asarray(self.truth[name], dtype=np.float64)
+            assert len(truth) == n
+            if MODALITIES[name].is_scalar:
+                out[name] = truth + self._scalar_error(inputs, name) * (-1.0) ** np.arange(n)
+            else:
+                given = np.isfinite(inputs[name]) if name in inputs else np.zeros(truth.shape, bool)
+                out[name] = truth + np.where(given, 100.0, CONSTANT_ERROR[name])
+        return out
+
+    def embed(self, inputs, batch_size=4096):
+        n = len(next(iter(inputs.values())))
+        rng = np.random.default_rng(n)
+        z, mass = (np.asarray(self.truth[k], float)[:n] for k in ("redshift", "log_stellar_mass"))
+        return {"all": np.column_stack([z, mass, rng.normal(size=(n, 6))])}
+
+
+class ZeroModel:
+    """Predicts 0 for every target: its MAE is the mean |truth| of the rows it was given."""
+
+    config = SimpleNamespace(modalities=list(MODALITY_NAMES))
+
+    def predict(self, inputs, targets=None, batch_size=4096):
+        n = len(next(iter(inputs.values())))
+        return {t: np.zeros(n) if MODALITIES[t].is_scalar else np.zeros((n, MODALITIES[t].length)) for t in targets}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("catalog")
+    return root, write_fake_dataset(root)
+
+
+@pytest.fixture(scope="module")
+def evaluation(dataset, tmp_path_factory):
+    """One full run through the CLI (baselines, ablation and figures), the model loader faked."""
+    root, splits = dataset
+    out = tmp_path_factory.mktemp("out")
+    model = FakeModel({k: np.asarray(v) for k, v in splits["test"].items()})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "load_model", lambda name: model)
+        assert cli.main(["--model", "fake", "--data", str(root), "--out", str(out), "--max-train", "200"]) == 0
+    return out, json.loads((out / "metrics.json").read_text()), splits["test"], model
+
+
+# ------------------------------------------------------------------------------------------ conditions
+def test_sfh_windows_split_the_registry_grid_at_10_gyr():
+    t = np.asarray(SFH_TIME_GYR)
+    assert SFH_LATE.shape == (MODALITIES["sfh"].length,)
+    assert t[SFH_LATE].min() >= 10.0 and t[~SFH_LATE].max() < 10.0
+
+
+def test_conditions_inputs_targets_and_score_masks(dataset):
+    _, splits = dataset
+    test = splits["test"]
+    late, early = get_condition("lsst+sfh_late"), get_condition("lsst+sfh_early")
+    inputs = late.inputs(test)
+    assert sorted(inputs) == ["lsst", "sfh"]
+    assert np.isnan(inputs["sfh"][:, ~SFH_LATE]).all()
+    np.testing.assert_array_equal(inputs["sfh"][:, SFH_LATE], test["sfh"][:, SFH_LATE].astype(np.float32))
+    assert np.isnan(early.inputs(test)["sfh"][:, SFH_LATE]).all()
+    np.testing.assert_array_equal(late.score_mask("sfh"), ~SFH_LATE)
+    assert late.score_mask("redshift") is None
+    for condition in CONDITIONS:
+        shown = set(condition.given)
+        assert set(condition.targets()) == set(MODALITY_NAMES) - shown
+    assert "sfh" in late.targets() and "lsst" not in late.targets()
+    assert get_condition("stellar_mass").targets() == [n for n in MODALITY_NAMES if n != "log_stellar_mass"]
+    with pytest.raises(ValueError, match="lsst\\+spherex"):
+        get_condition("spherex_only")
+
+
+def test_condition_needs_its_columns_and_valid_masks():
+    with pytest.raises(ValueError, match="'spherex'"):
+        get_condition("lsst+spherex").inputs({"lsst": np.zeros((2, 6))})
+    with pytest.raises(ValueError, match="shape \\(100,\\)"):
+        Condition("bad", "an SFH mask of the wrong length", given=("lsst",), partial={"sfh": np.ones(10, bool)})
+    with pytest.raises(ValueError, match="unknown modality"):
+        Condition("bad", "an unknown modality", given=("gaia",))
+
+
+def test_baseline_features_are_the_learned_space_of_the_given_elements(dataset):
+    test = dataset[1]["test"]
+    X = condition_features(get_condition("lsst+sfh_early"), test)
+    n_early = int((~SFH_LATE).sum())
+    assert X.shape == (N_TEST, n_early + 6)  # registry order: sfh before lsst
+    early_sfr = test["sfh"][:, ~SFH_LATE].astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(X[:, :n_early], np.log10(early_sfr + 1e-3), rtol=1e-12)
+    np.testing.assert_allclose(X[:, n_early:], test["lsst"].astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------- reading
+def test_read_split_reads_vectors_and_turns_null_rows_into_nan(tmp_path):
+    (tmp_path / "data").mkdir()
+    table = pa.table({"redshift": [0.1, None], "lsst": pa.array([[1.0] * 6, None], pa.list_(pa.float32(), 6))})
+    pq.write_table(table, tmp_path / "data" / "test-00000-of-00001.parquet")
+    cols = read_split(tmp_path, "test", ["redshift", "lsst"])
+    assert cols["lsst"].shape == (2, 6)
+    np.testing.assert_array_equal(cols["lsst"][0], np.ones(6))
+    assert np.isnan(cols["lsst"][1]).all() and np.isnan(cols["redshift"][1])
+    with pytest.raises(ValueError, match="sed"):
+        read_split(tmp_path, "test", ["sed"])
+    with pytest.raises(FileNotFoundError, match="train"):
+        read_split(tmp_path, "train", ["redshift"])
+
+
+# ---------------------------------------------------------------------------------------- end to end
+def test_metrics_json_has_the_contract_shape(evaluation):
+    _, metrics, _, _ = evaluation
+    assert metrics["n_test"] == N_TEST
+    assert list(metrics["conditions"]) == [c.name for c in CONDITIONS]
+    for condition in CONDITIONS:
+        for name in condition.targets():
+            m = metrics["conditions"][condition.name][name]
+            for key in ("mae", "nmae_median", "nmae_p16", "nmae_p84"):
+                assert isinstance(m[key], float)
+    for condition in ("lsst", "lsst+spherex", "stellar_mass"):
+        assert {"bias", "sigma_iqr", "sigma_nmad", "outlier_rate"} <= set(metrics["conditions"][condition]["redshift"])
+    assert set(metrics["headline"]) == {"redshift_gain_spherex", "stellar_mass_gain_late_vs_early_sfh"}
+    assert isinstance(metrics["baselines"], dict)
+
+
+def test_scalar_maes_and_nmaes_equal_the_known_errors(evaluation):
+    _, metrics, test, _ = evaluation
+    c = metrics["conditions"]
+    assert c["lsst"]["redshift"]["mae"] == pytest.approx(0.1, rel=1e-5)
+    assert c["lsst+spherex"]["redshift"]["mae"] == pytest.approx(0.05, rel=1e-5)
+    assert c["lsst+sfh_late"]["log_stellar_mass"]["mae"] == pytest.approx(0.037, rel=1e-5)
+    assert c["lsst+sfh_early"]["log_stellar_mass"]["mae"] == pytest.approx(0.1, rel=1e-5)
+    assert c["lsst"]["log_stellar_mass"]["mae"] == pytest.approx(0.2, rel=1e-5)
+    # The same |error| for every galaxy: every percentile of the normalised MAE is error / std(truth).
+    expected = 0.3 / np.std(test["log_halo_mass"].astype(np.float64))
+    for key in ("nmae_median", "nmae_p16", "nmae_p84"):
+        assert c["lsst"]["log_halo_mass"][key] == pytest.approx(expected, rel=1e-4)
+
+
+def test_only_the_hidden_part_of_the_sfh_is_scored(evaluation):
+    _, metrics, test, _ = evaluation
+    sfh = test["sfh"].astype(np.float64)
+    for name, hidden in (("lsst+sfh_late", ~SFH_LATE), ("lsst+sfh_early", SFH_LATE), ("lsst", np.ones(100, bool))):
+        m = metrics["conditions"][name]["sfh"]
+        assert m["mae"] == pytest.approx(0.5, rel=1e-5)  # the +100 on the shown bins never counts
+        spread = sfh[:, hidden].std(axis=0)
+        expected = np.mean(0.5 / spread[spread > 0])
+        assert m["nmae_median"] == pytest.approx(expected, rel=1e-4)
+        assert m["n_elements"] == N_TEST * hidden.sum()
+
+
+def test_headline_gains_follow_the_formula(evaluation):
+    _, metrics, _, _ = evaluation
+    c, h = metrics["conditions"], metrics["headline"]
+    maes = c["lsst+spherex"]["redshift"]["mae"], c["lsst"]["redshift"]["mae"]
+    assert h["redshift_gain_spherex"] == pytest.approx(1 - maes[0] / maes[1])
+    assert h["redshift_gain_spherex"] == pytest.approx(0.5, abs=1e-4)
+    assert h["stellar_mass_gain_late_vs_early_sfh"] == pytest.approx(0.63, abs=1e-4)
+
+
+def test_the_model_was_asked_for_every_target_of_every_condition(evaluation):
+    _, _, _, model = evaluation
+    asked = {tuple(inputs): set(targets) for inputs, targets in model.predict_calls}
+    assert asked[("lsst",)] == set(MODALITY_NAMES) - {"lsst"}
+    assert asked[("log_stellar_mass",)] == set(MODALITY_NAMES) - {"log_stellar_mass"}
+
+
+def test_baselines_are_scored_and_their_gains_follow_the_formula(evaluation):
+    _, metrics, _, _ = evaluation
+    base = metrics["baselines"]
+    assert set(base["tasks"]) == {t.name for t in TASKS}
+    for task in base["tasks"].values():
+        assert task["n_train"] == 200 and task["n_train_available"] == N_TRAIN
+        for est in ("knn", "hgb"):
+            r = task["estimators"][est]
+            assert r["mae"] > 0 and r["fit_s"] >= 0 and r["predict_s"] >= 0
+            assert r["nmae_p16"] <= r["nmae_median"] <= r["nmae_p84"]
+        assert task["estimators"]["knn"]["params"]["k"] in (5, 10, 20, 40)
+    for est, gains in base["gains"].items():
+        for key, (with_, without) in GAIN_TASKS.items():
+            maes = [base["tasks"][t]["estimators"][est]["mae"] for t in (with_, without)]
+            assert gains[key] == pytest.approx(1 - maes[0] / maes[1])
+
+
+def test_ablation_reports_every_convention_on_both_samples(evaluation):
+    _, metrics, _, _ = evaluation
+    ablation = metrics["sfh_convention_ablation"]
+    conventions = ("sfr", "sfr_shape", "mass_formed", "mass_formed_shape")
+    assert set(ablation) == {*conventions, *(f"{c}, z<0.5" for c in conventions)}
+    assert all(isinstance(g, float) and g < 1 for g in ablation.values())
+
+
+def test_ablation_is_reproducible_from_the_catalog(evaluation, dataset):
+    _, metrics, _, _ = evaluation
+    columns = ("lsst", "sfh", "log_stellar_mass", "redshift")
+    train, test = (read_split(dataset[0], split, columns) for split in ("train", "test"))
+    assert sfh_convention_ablation(train, test, max_train=200) == metrics["sfh_convention_ablation"]
+
+
+def test_sfh_conventions_integrate_on_the_registry_grid():
+    t = np.asarray(SFH_TIME_GYR)
+    sfh = np.ones((2, 100))
+    sfh[1] *= 3.0
+    conv = sfh_conventions(sfh)
+    # A constant 1 Msun/yr forms 1e9 Msun per Gyr: by the last grid time t[-1] = 13.8 Gyr, 13.8e9 Msun.
+    np.testing.assert_allclose(conv["mass_formed"][0], t * 1e9)
+    np.testing.assert_allclose(conv["mass_formed_shape"][0], conv["mass_formed_shape"][1])
+    np.testing.assert_allclose(conv["mass_formed_shape"][:, -1], 1.0)
+    np.testing.assert_allclose(conv["sfr_shape"][1], 3.0 / (3.0 * 13.8e9))
+
+
+def test_figures_are_valid_pngs(evaluation):
+    import matplotlib.image
+
+    out = evaluation[0]
+    for name in ("figure2_conditions.png", "figure3_embeddings.png", "photoz.png"):
+        path = out / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        height, width = matplotlib.image.imread(path).shape[:2]
+        assert width >= 800 and height >= 300
+    assert not list(out.glob("*.tmp"))
+
+
+def test_report_mentions_every_condition_the_gains_and_the_figures(evaluation):
+    out, metrics, _, _ = evaluation
+    report = (out / "REPORT.md").read_text()
+    for condition in CONDITIONS:
+        assert f"### {condition.name}:" in report
+    assert "0.63" in report and "0.5" in report
+    assert f"{metrics['headline']['redshift_gain_spherex']:.3g}" in report
+    for name in ("figure2_conditions.png", "figure3_embeddings.png", "photoz.png"):
+        assert f"]({name})" in report
+    assert "subsample of 200 of the 240" in report
+    for task in metrics["baselines"]["tasks"].values():
+        mosaic = metrics["conditions"][task["condition"]][task["target"]]["mae"]
+        best_name, best = min(((e, r["mae"]) for e, r in task["estimators"].items()), key=lambda p: p[1])
+        if mosaic > best:
+            assert f"MOSAIC loses to {best_name}: MAE +{mosaic - best:.3g}" in report
+        else:
+            assert f"MOSAIC wins over {best_name}: MAE {mosaic - best:.3g}" in report
+    assert metrics["embedding_map"]["method"] in ("PCA", "UMAP")
+
+
+def test_max_test_and_switches(dataset, tmp_path, capsys):
+    root, splits = dataset
+    test = splits["test"]
+    model = ZeroModel()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "load_model", lambda name: model)
+        cli.main(["--model", "m", "--data", str(root), "--out", str(tmp_path), "--max-test", "50",
+                  "--no-baselines", "--no-figures", "--no-ablation"])
+    assert str(tmp_path / "REPORT.md") in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_test"] == 50 and metrics["n_test_available"] == N_TEST
+    assert metrics["baselines"] == {} and "sfh_convention_ablation" not in metrics
+    assert not list(tmp_path.glob("*.png"))
+    mass_mae = metrics["conditions"]["lsst"]["log_stellar_mass"]["mae"]
+    # Mean of 50 of the test masses (~10): between the smallest and the largest of them.
+    assert test["log_stellar_mass"].min() <= mass_mae <= test["log_stellar_mass"].max()
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit, match="data/"):
+        cli.main(["--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="--max-test"):
+        cli.main(["--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--max-test", "0"])
