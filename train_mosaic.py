@@ -32,6 +32,12 @@ class ModelArguments:
     hidden_dropout_prob: float = 0.0
     attention_dropout: float = 0.0
     visible_loss_weight: float = field(default=0.0, metadata={"help": "weight of the loss on visible elements"})
+    mask_visible_decay: float = field(default=0.6, metadata={"help": "P(k visible modalities) ~ decay**(k-1)"})
+    head_type: str = field(default="point", metadata={"help": "point, or gaussian (mean and variance; p(z))"})
+    redshift_mixture_components: int = 5
+    error_inputs: bool = field(default=False, metadata={"help": "embed measurement errors beside the values"})
+    noise_on_the_fly: bool = field(default=False, metadata={"help": "draw photometric noise from stored errors"})
+    noise_scale: list[float] = field(default_factory=lambda: [1.0, 1.0], metadata={"help": "range of error factor"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager"})
 
 

@@ -49,12 +49,26 @@ class MosaicConfig(PretrainedConfig):
         visible_loss_weight: weight of the reconstruction error on visible elements (0: masked loss only).
         mask_segment_probability: chance that a visible vector modality also hides one contiguous segment.
         mask_segment_fraction: [min, max] fraction of a vector's length that such a segment covers.
+        mask_visible_decay: the number k of visible modalities (1..n-1 of the n present) is drawn with
+            P(k) proportional to decay**(k - 1): 1.0 is uniform; below 1 favours few inputs, the questions users
+            ask ("redshift from LSST"), which a uniform draw trains rarely.
         mask_prior_probability: chance that a training sample shows nothing at all, which teaches the
             model its unconditional prior (what `predict` returns for empty inputs).
+        head_type: "point" (one value per element, trained by `loss_type`) or "gaussian" (a mean and a
+            log-variance per element, trained by Gaussian negative log-likelihood, `loss_type` unused; redshift
+            gets a mixture).
+        redshift_mixture_components: K, the Gaussians of the redshift posterior (in normalised log10(1 + z))
+            when head_type is "gaussian": photo-z posteriors are bimodal where colours are degenerate.
+        error_inputs: embed each element's 1-sigma measurement error beside its value, so that a noisy band
+            counts less (the `errors` input of `forward` and `predict`).
+        noise_on_the_fly: the training collator draws LSST/SPHEREx fluxes as true + error * N(0, 1) from the
+            catalog's `*_flux_true` and `*_flux_err` columns, so one catalog serves many noise realisations.
+        noise_scale: [min, max] range of a per-galaxy factor on those errors (drawn uniformly), so one catalog
+            also serves many depths.
     """
 
     model_type = "mosaic"
-    keys_to_ignore_at_inference: ClassVar[list] = ["last_hidden_state", "pooled"]
+    keys_to_ignore_at_inference: ClassVar[list] = ["last_hidden_state", "pooled", "log_variances", "redshift_mixture"]
 
     def __init__(
         self,
@@ -73,7 +87,13 @@ class MosaicConfig(PretrainedConfig):
         visible_loss_weight=0.0,
         mask_segment_probability=0.5,
         mask_segment_fraction=(0.1, 0.5),
+        mask_visible_decay=0.6,
         mask_prior_probability=0.02,
+        head_type="point",
+        redshift_mixture_components=5,
+        error_inputs=False,
+        noise_on_the_fly=False,
+        noise_scale=(1.0, 1.0),
         **kwargs,
     ):
         names = MODALITY_NAMES if modalities is None else [get_modality(n).name for n in modalities]
@@ -98,6 +118,13 @@ class MosaicConfig(PretrainedConfig):
                              f"{num_attention_heads}")
         if loss_type not in ("mse", "l1", "huber"):
             raise ValueError(f"loss_type must be 'mse', 'l1' or 'huber', got {loss_type!r}")
+        if head_type not in ("point", "gaussian"):
+            raise ValueError(f"head_type must be 'point' or 'gaussian', got {head_type!r}")
+        if int(redshift_mixture_components) < 1:
+            raise ValueError(f"redshift_mixture_components must be >= 1, got {redshift_mixture_components}")
+        noise_low, noise_high = (float(f) for f in noise_scale)
+        if not 0.0 <= noise_low <= noise_high:
+            raise ValueError(f"noise_scale must satisfy 0 <= min <= max, got {noise_scale}")
         low, high = (float(f) for f in mask_segment_fraction)
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"mask_segment_fraction must satisfy 0 < min <= max <= 1, got {mask_segment_fraction}")
@@ -114,7 +141,15 @@ class MosaicConfig(PretrainedConfig):
         self.visible_loss_weight = float(visible_loss_weight)
         self.mask_segment_probability = float(mask_segment_probability)
         self.mask_segment_fraction = [low, high]
+        if not 0.0 < float(mask_visible_decay) <= 1.0:
+            raise ValueError(f"mask_visible_decay must lie in (0, 1], got {mask_visible_decay}")
+        self.mask_visible_decay = float(mask_visible_decay)
         self.mask_prior_probability = float(mask_prior_probability)
+        self.head_type = head_type
+        self.redshift_mixture_components = int(redshift_mixture_components)
+        self.error_inputs = bool(error_inputs)
+        self.noise_on_the_fly = bool(noise_on_the_fly)
+        self.noise_scale = [noise_low, noise_high]
         super().__init__(**kwargs)
 
         self.normalization = {}

@@ -2,8 +2,10 @@
 
 Per galaxy it draws which modalities the model sees and which it must predict:
 
-1. Of the n modalities the galaxy has, k uniform on 1..n-1 stay visible, chosen uniformly; the others are
-   hidden and scored. Every mix from "one in, the rest out" to "all but one in" is trained equally often.
+1. Of the n modalities the galaxy has, k on 1..n-1 stay visible, chosen uniformly; the others are hidden
+   and scored. Every mix from "one in, the rest out" to "all but one in" is trained; P(k) is proportional to
+   `mask_visible_decay`**(k - 1), so with the default 0.6 about two thirds of the samples show one or two
+   modalities, as users' queries do (1.0 gives the uniform draw).
    4M (apple/ml-4m, fourm/data/masking.py) instead splits a token budget between modalities with a
    Dirichlet draw, for input and for target; that suits dozens of modalities with thousands of tokens,
    where whole-modality choices would be too coarse. With seven modalities whose token counts differ 100-fold
@@ -18,7 +20,8 @@ A galaxy with a single modality keeps it visible (only segments are scored). Tar
 elements; a NaN element is never visible and never scored.
 
 Randomness comes from a counter-based hash of (seed, epoch, galaxy_id) alone, so a galaxy's mask does not
-depend on the batch it lands in, the batch size, the DDP rank or where a resumed run restarts.
+depend on the batch it lands in, the batch size, the DDP rank or where a resumed run restarts. With
+`noise_on_the_fly` the photometric noise is drawn the same way (`noise.py`), from a separate stream.
 """
 
 from collections.abc import Mapping
@@ -28,6 +31,7 @@ import torch
 
 from .configuration_mosaic import MosaicConfig
 from .modalities import MODALITIES
+from .noise import noise_columns, noisy_photometry
 
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
@@ -41,22 +45,27 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def uniforms(seed: int, epoch: int, galaxy_ids, num_draws: int) -> np.ndarray:
-    """(len(galaxy_ids), num_draws) uniforms in [0, 1), a pure function of (seed, epoch, galaxy_id, draw)."""
+def uniforms(seed: int, epoch: int, galaxy_ids, num_draws: int, stream: int = 0) -> np.ndarray:
+    """(len(galaxy_ids), num_draws) uniforms in [0, 1), a pure function of (seed, epoch, galaxy_id, draw);
+    `stream` selects an independent sequence (0: the masks)."""
     ids = np.asarray(galaxy_ids, dtype=np.int64).view(np.uint64)
-    stream = splitmix64(np.full(1, seed, dtype=np.int64).view(np.uint64)) ^ np.uint64(epoch)
-    key = splitmix64(splitmix64(stream) ^ ids)
+    sequence = splitmix64(np.full(1, seed, dtype=np.int64).view(np.uint64)) ^ np.uint64(epoch) ^ (
+        np.uint64(stream) << np.uint64(32))
+    key = splitmix64(splitmix64(sequence) ^ ids)
     words = splitmix64(key[:, None] + np.arange(num_draws, dtype=np.uint64)[None, :])
     return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 class MosaicMaskingCollator:
-    """Collate catalog rows into {"values", "input_mask", "target_mask"} for `MosaicModel.forward`.
+    """Collate catalog rows into {"values", "input_mask", "target_mask"} for `MosaicModel.forward`, plus
+    "errors" for a config with `error_inputs`.
 
     config_or_names: a `MosaicConfig` (its layout and masking hyper-parameters are used) or modality names
         (with `MosaicConfig`'s default hyper-parameters). The keyword arguments override the config's values.
     A batch is a list of rows (dicts with modality columns and `galaxy_id`) or a dict of column arrays;
-    other columns are ignored and a missing or None modality counts as absent.
+    other columns are ignored and a missing or None modality counts as absent. With the config's
+    `noise_on_the_fly`, `lsst` and `spherex` are drawn from the `*_flux_true` and `*_flux_err` columns instead
+    (see `noise.py`), and their asinh-magnitude errors are the batch's "errors".
     """
 
     def __init__(self, config_or_names, seed: int = 0, segment_probability=None, segment_fraction=None,
@@ -84,13 +93,24 @@ class MosaicMaskingCollator:
         columns = batch if isinstance(batch, Mapping) else self._columns(batch)
         if "galaxy_id" not in columns:
             raise ValueError("batch: the galaxy_id column is required (each galaxy's mask is drawn from it)")
+        galaxy_ids = np.asarray(columns["galaxy_id"])
+        errors = {}
+        if self.config.noise_on_the_fly:
+            photometry, errors = noisy_photometry(columns, self.config, self.seed, self.epoch, galaxy_ids)
+            columns = {**columns, **photometry}
         values = self.config.flatten(columns, argument="batch")
-        input_mask, target_mask = self.masks(values, np.asarray(columns["galaxy_id"]))
-        return {
+        input_mask, target_mask = self.masks(values, galaxy_ids)
+        batch = {
             "values": torch.from_numpy(values),
             "input_mask": torch.from_numpy(input_mask),
             "target_mask": torch.from_numpy(target_mask),
         }
+        if self.config.error_inputs:
+            flat_errors = np.full(values.shape, np.nan, np.float32)
+            for name, error in errors.items():
+                flat_errors[:, self.config.modality_slices[name]] = error
+            batch["errors"] = torch.from_numpy(flat_errors)
+        return batch
 
     def _columns(self, rows) -> dict:
         """List of row dicts -> dict of column arrays; a missing or None modality becomes NaN."""
@@ -99,9 +119,20 @@ class MosaicMaskingCollator:
             missing = np.full(MODALITIES[name].length, np.nan, np.float32) if not MODALITIES[name].is_scalar else np.nan
             cells = [row.get(name) for row in rows]
             columns[name] = np.asarray([missing if c is None else c for c in cells], dtype=np.float32)
+        for name in noise_columns(self.config):
+            if all(name in row for row in rows):
+                columns[name] = np.asarray([row[name] for row in rows], dtype=np.float64)
         if all("galaxy_id" in row for row in rows):
             columns["galaxy_id"] = np.asarray([row["galaxy_id"] for row in rows], dtype=np.int64)
         return columns
+
+    def _num_visible(self, u: np.ndarray, most: np.ndarray) -> np.ndarray:
+        """Inverse CDF of P(k) ~ decay**(k - 1) on 1..most, at uniforms u (uniform on 1..most when decay is 1)."""
+        decay = self.config.mask_visible_decay
+        if decay == 1.0:
+            return 1 + np.floor(u * most)
+        k = np.ceil(np.log1p(-u * (1.0 - decay ** most)) / np.log(decay))
+        return np.clip(k, 1, np.maximum(most, 1))
 
     def masks(self, values: np.ndarray, galaxy_ids) -> tuple[np.ndarray, np.ndarray]:
         """(B, D) physical values with NaN for missing, (B,) ids -> (input_mask, target_mask), bool (B, D)."""
@@ -113,7 +144,7 @@ class MosaicMaskingCollator:
         u_prior, u_count = u[:, 0], u[:, 1]
         u_order, u_segment, u_length, u_start = np.split(u[:, 2:], 4, axis=1)
 
-        num_visible = np.where(num_present >= 2, 1 + np.floor(u_count * (num_present - 1)), num_present)
+        num_visible = np.where(num_present >= 2, self._num_visible(u_count, num_present - 1), num_present)
         num_visible = np.where(u_prior < self.prior_probability, 0, num_visible)
         rank = np.argsort(np.argsort(np.where(modality_present, u_order, 2.0), axis=1), axis=1)
         modality_visible = rank < num_visible[:, None]

@@ -8,9 +8,15 @@ output therefore depends only on the visible tokens and its own position, so `pr
 the tokens it is given plus the tokens it is asked for, and nothing else, with the same result as the full
 sequence. Linear heads map every token back to its patch values; the loss is the error on hidden elements.
 
+With `head_type="gaussian"` the heads give every element a mean and a log-variance (trained by Gaussian
+negative log-likelihood) and the redshift token a mixture of Gaussians in normalised log10(1 + z), so that
+`predict` can return uncertainties, samples and photo-z posteriors. With `error_inputs` each element's
+measurement error enters its token's embedding beside its value, so a noisy band counts less.
+
 This file is remote code: it imports only numpy, torch, transformers and (relatively) its own package files.
 """
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -31,6 +37,20 @@ from .modalities import MODALITIES, get_modality
 INPUT_CLIP = 1.0e3
 #: Floor of the argument of the learning transform's log10 (the registry's own floor).
 LOG_FLOOR = 1.0e-30
+#: Predicted log-variances (normalised units) are clamped to +-LOG_VARIANCE_LIMIT, mixture log-scales to half
+#: of it: beyond e^(+-10) standard deviations a prediction is meaningless and exp() would overflow float16.
+LOG_VARIANCE_LIMIT = 20.0
+LOG_2PI = math.log(2.0 * math.pi)
+#: Gauss-Hermite nodes for the physical mean and std of a Gaussian in learning space (exact for polynomials
+#: of degree < 64; the log transforms' exponentials converge far below that for sigma of a few dex).
+HERMITE_NODES = 32
+#: Bisection steps for the quantiles of the redshift mixture: 2^-60 of the bracket, far below float32.
+QUANTILE_STEPS = 60
+#: Percentiles `predict` returns with `return_uncertainty` (the median and the central 68% interval).
+PERCENTILES = (16, 50, 84)
+#: Redshifts at which `predict` tabulates the photo-z posterior by default.
+DEFAULT_REDSHIFT_GRID = np.linspace(0.0, 3.5, 351)
+DEFAULT_REDSHIFT_GRID.setflags(write=False)
 
 
 @dataclass
@@ -40,9 +60,14 @@ class MosaicModelOutput(ModelOutput):
     loss: masked error in normalised space, the mean over modalities with scored elements (plus the
         weighted reconstruction error on visible elements when `visible_loss_weight` > 0).
     modality_losses: (M,) each modality's masked error, 0 where it had no scored element.
-    predictions: (B, D) every element's prediction, in normalised learning space.
+    predictions: (B, D) every element's prediction, in normalised learning space (with the gaussian head the
+        mean; for redshift the mixture's mean).
     last_hidden_state: (B, T, H) the final token states.
     pooled: (B, M, H) the mean final state of each modality's tokens.
+    log_variances: (B, D) gaussian head only: every element's predicted log-variance, normalised units (for
+        redshift the mixture's variance).
+    redshift_mixture: (B, 3, K) gaussian head with redshift only: the mixture's logits, means and log-scales
+        (rows 0, 1, 2) in normalised log10(1 + z).
     """
 
     loss: torch.FloatTensor | None = None
@@ -50,6 +75,8 @@ class MosaicModelOutput(ModelOutput):
     predictions: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     pooled: torch.FloatTensor | None = None
+    log_variances: torch.FloatTensor | None = None
+    redshift_mixture: torch.FloatTensor | None = None
 
 
 class MosaicLayout(nn.Module):
@@ -66,11 +93,17 @@ class MosaicLayout(nn.Module):
         for name, table in self.tables(config).items():
             self.register_buffer(name, table, persistent=False)
         self.num_tokens = self.token_modality.numel()
+        self.redshift_element = self.redshift_token = None
+        if "redshift" in config.modalities:
+            before = config.modalities[:config.modalities.index("redshift")]
+            self.redshift_element = config.modality_slices["redshift"].start
+            self.redshift_token = sum(-(-MODALITIES[n].length // config.patch_sizes[n]) for n in before)
 
     @staticmethod
     def tables(config: MosaicConfig) -> dict:
-        """name -> tensor: per element its modality, slot (token * P + position in patch) and transform; per token
-        its modality and elements (padding points one past the end); the per-modality token-averaging matrix."""
+        """name -> tensor: per element its modality, whether it is the redshift, its slot (token * P + position in
+        patch) and transform; per token its modality and elements (padding points one past the end); the
+        per-modality token-averaging matrix."""
         patch, num_elements = max(config.patch_sizes.values()), config.num_elements
         element_modality, element_token, element_slot = [], [], []
         transform = {"log": [], "scale": [], "offset": []}
@@ -95,6 +128,7 @@ class MosaicLayout(nn.Module):
         stats = {k: np.concatenate([config.normalization[n][k] for n in config.modalities]) for k in ("mean", "std")}
         return {
             "element_modality": torch.as_tensor(element_modality, dtype=torch.long),
+            "is_redshift": torch.as_tensor(np.asarray(config.modalities)[element_modality] == "redshift"),
             "element_slot": torch.as_tensor(element_token * patch + element_slot, dtype=torch.long),
             "token_elements": torch.as_tensor(token_elements, dtype=torch.long),
             "token_modality": torch.as_tensor(token_modality, dtype=torch.long),
@@ -116,6 +150,21 @@ class MosaicLayout(nn.Module):
         normalised = ((learned - self.mean.float()) / self.std.float()).clamp(-INPUT_CLIP, INPUT_CLIP)
         return torch.where(present, normalised, 0.0), present
 
+    def errors_to_learning(self, values: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+        """Physical 1-sigma errors at physical values (B, D) -> learning-space errors, to first order in the
+        error (the log transform's slope at the value); NaN where either is unknown."""
+        values, errors = values.float(), errors.float().abs()
+        slope = self.scale.float() / (torch.clamp(values + self.offset.float(), min=LOG_FLOOR) * math.log(10.0))
+        learned = torch.where(self.log, errors * slope, errors)
+        return torch.where(torch.isfinite(values), learned, float("nan"))
+
+    def normalize_errors(self, errors: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Learning-space errors (B, D) -> in units of each element's std, 0 where unknown or not visible (a
+        hidden element's error must not reach the encoder any more than its value)."""
+        errors = errors.float().abs()
+        known = visible & torch.isfinite(errors)
+        return torch.where(known, errors / self.std.float(), 0.0).clamp(max=INPUT_CLIP)
+
     def to_learning_space(self, normalised: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation (not the log transform): (B, D) -> learning-space values."""
         return normalised.float() * self.std.float() + self.mean.float()
@@ -131,8 +180,9 @@ class MosaicLayout(nn.Module):
 
 
 class MosaicEmbeddings(nn.Module):
-    """A token's patch values and visibility flags -> one hidden vector through its modality's linear map, plus
-    learned position and modality embeddings, plus a mask embedding for a token with nothing visible.
+    """A token's patch values and visibility flags (and, with `error_inputs`, its elements' errors) -> one
+    hidden vector through its modality's linear map, plus learned position and modality embeddings, plus a
+    mask embedding for a token with nothing visible.
 
     The per-modality maps live in one weight bank, gathered per token, so every modality embeds in one einsum.
     """
@@ -140,15 +190,17 @@ class MosaicEmbeddings(nn.Module):
     def __init__(self, config: MosaicConfig, num_tokens: int, patch_size: int):
         super().__init__()
         num_modalities, hidden = len(config.modalities), config.hidden_size
-        self.weight = nn.Parameter(torch.empty(num_modalities, 2 * patch_size, hidden))
+        features = (3 if config.error_inputs else 2) * patch_size
+        self.weight = nn.Parameter(torch.empty(num_modalities, features, hidden))
         self.bias = nn.Parameter(torch.empty(num_modalities, hidden))
         self.position = nn.Parameter(torch.empty(num_tokens, hidden))
         self.modality = nn.Parameter(torch.empty(num_modalities, hidden))
         self.mask = nn.Parameter(torch.empty(hidden))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, patches, patch_visible, token_ids, token_modality):
-        features = torch.cat([patches, patch_visible], dim=-1).to(self.weight.dtype)
+    def forward(self, patches, patch_visible, patch_errors, token_ids, token_modality):
+        per_element = [patches, patch_visible] if patch_errors is None else [patches, patch_visible, patch_errors]
+        features = torch.cat(per_element, dim=-1).to(self.weight.dtype)
         embedded = torch.einsum("btf,tfh->bth", features, self.weight[token_modality])
         embedded = embedded + self.bias[token_modality] + self.position[token_ids] + self.modality[token_modality]
         is_query = ~(patch_visible > 0).any(dim=-1, keepdim=True)
@@ -226,17 +278,63 @@ class MosaicBlock(nn.Module):
 
 
 class MosaicHeads(nn.Module):
-    """A token's final state -> its patch values (normalised) through its modality's linear head; the heads
-    live in one weight bank gathered per token, like the embeddings."""
+    """A token's final state -> its patch values (normalised) through its modality's linear head, followed
+    by their log-variances for the gaussian head (2P outputs); the heads live in one weight bank gathered
+    per token, like the embeddings."""
 
     def __init__(self, config: MosaicConfig, patch_size: int):
         super().__init__()
         num_modalities = len(config.modalities)
-        self.weight = nn.Parameter(torch.empty(num_modalities, config.hidden_size, patch_size))
-        self.bias = nn.Parameter(torch.empty(num_modalities, patch_size))
+        outputs = (2 if config.head_type == "gaussian" else 1) * patch_size
+        self.weight = nn.Parameter(torch.empty(num_modalities, config.hidden_size, outputs))
+        self.bias = nn.Parameter(torch.empty(num_modalities, outputs))
 
     def forward(self, hidden_states, token_modality):
         return torch.einsum("bth,thp->btp", hidden_states, self.weight[token_modality]) + self.bias[token_modality]
+
+
+class RedshiftMixtureHead(nn.Module):
+    """The redshift token's final state -> a K-component Gaussian mixture in normalised log10(1 + z): (B, 3, K)
+    logits, means, log-scales. A mixture, because a photo-z posterior is bimodal where colours are
+    degenerate (the Lyman and Balmer breaks confused), and one Gaussian would sit between the modes."""
+
+    def __init__(self, config: MosaicConfig):
+        super().__init__()
+        self.num_components = config.redshift_mixture_components
+        self.weight = nn.Parameter(torch.empty(config.hidden_size, 3 * self.num_components))
+        self.bias = nn.Parameter(torch.empty(3 * self.num_components))
+
+    def initial_bias(self) -> torch.Tensor:
+        """Equal weights, unit scales and means spread over +-1.5 std, so the components start apart."""
+        k = self.num_components
+        return torch.cat([torch.zeros(k), torch.linspace(-1.5, 1.5, k) if k > 1 else torch.zeros(1), torch.zeros(k)])
+
+    def forward(self, hidden_states):
+        mixture = (hidden_states @ self.weight + self.bias).view(-1, 3, self.num_components)
+        limit = LOG_VARIANCE_LIMIT / 2
+        return torch.cat([mixture[:, :2], mixture[:, 2:].clamp(-limit, limit)], dim=1)
+
+
+def gaussian_nll(mean, log_variance, target):
+    """Elementwise negative log-likelihood of `target` under N(mean, exp(log_variance))."""
+    return 0.5 * (LOG_2PI + log_variance + (target - mean) ** 2 * torch.exp(-log_variance))
+
+
+def mixture_log_density(mixture, y):
+    """log density of the mixtures (B, 3, K) at points y (B, G) -> (B, G)."""
+    logits, means, log_scales = (part[:, None] for part in mixture.float().unbind(dim=1))
+    standardised = (y[..., None] - means) * torch.exp(-log_scales)
+    component = -0.5 * standardised**2 - log_scales - 0.5 * LOG_2PI
+    return torch.logsumexp(torch.log_softmax(logits, dim=-1) + component, dim=-1)
+
+
+def mixture_moments(mixture):
+    """Mean and log-variance (B,) of the mixtures (B, 3, K)."""
+    logits, means, log_scales = mixture.float().unbind(dim=1)
+    weights = torch.softmax(logits, dim=-1)
+    mean = (weights * means).sum(dim=-1)
+    variance = (weights * (torch.exp(2 * log_scales) + (means - mean[:, None]) ** 2)).sum(dim=-1)
+    return mean, torch.log(variance.clamp(min=math.exp(-LOG_VARIANCE_LIMIT)))
 
 
 class MosaicPreTrainedModel(PreTrainedModel):
@@ -259,6 +357,9 @@ class MosaicPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MosaicHeads):
             init.normal_(module.weight, mean=0.0, std=std)
             init.zeros_(module.bias)
+        elif isinstance(module, RedshiftMixtureHead):
+            init.normal_(module.weight, mean=0.0, std=std)
+            init.copy_(module.bias, module.initial_bias())
 
 
 class MosaicModel(MosaicPreTrainedModel):
@@ -274,31 +375,69 @@ class MosaicModel(MosaicPreTrainedModel):
         self.blocks = nn.ModuleList([MosaicBlock(config) for _ in range(config.num_hidden_layers)])
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.heads = MosaicHeads(config, self.layout.patch_size)
+        self.redshift_head = (RedshiftMixtureHead(config)
+                              if self.is_probabilistic and self.layout.redshift_token is not None else None)
         self.post_init()
 
-    def _encode(self, normalised, visible, token_ids):
-        """Run the encoder on the chosen tokens only -> (final states (B, T', H), patch predictions (B, T', P),
-        which tokens have something visible (B, T'))."""
+    @property
+    def is_probabilistic(self) -> bool:
+        return self.config.head_type == "gaussian"
+
+    def _encode(self, normalised, visible, errors, token_ids):
+        """Run the encoder on the chosen tokens only -> (final states (B, T', H), which tokens have something
+        visible (B, T')). `errors`: normalised errors (B, D) for a model with `error_inputs`, else None."""
         token_modality = self.layout.token_modality[token_ids]
         patches = self.layout.patches(normalised, token_ids)
         patch_visible = self.layout.patches(visible.to(normalised.dtype), token_ids)
+        patch_errors = None
+        if self.config.error_inputs:
+            patch_errors = self.layout.patches(errors.to(normalised.dtype), token_ids)
         token_visible = (patch_visible > 0).any(dim=-1)
-        hidden_states = self.embeddings(patches, patch_visible, token_ids, token_modality)
+        hidden_states = self.embeddings(patches, patch_visible, patch_errors, token_ids, token_modality)
         mask = visible_attention_mask(token_visible, hidden_states.dtype)
         for block in self.blocks:
             hidden_states = block(hidden_states, mask)
-        hidden_states = self.norm(hidden_states)
-        return hidden_states, self.heads(hidden_states, token_modality), token_visible
+        return self.norm(hidden_states), token_visible
 
-    def _modality_losses(self, predictions, targets, selected):
-        """Each modality's mean error over its selected elements (0 where none), and which had any."""
-        predictions = predictions.float()
+    def _decode(self, hidden_states, token_ids):
+        """Final states of the chosen tokens -> (means (B, D), log-variances (B, D) or None, redshift mixture
+        (B, 3, K) or None), normalised; elements of tokens not chosen are 0. For redshift the mean and the
+        log-variance are the mixture's."""
+        patch = self.layout.patch_size
+        outputs = self.heads(hidden_states, self.layout.token_modality[token_ids])
+        every_token = outputs.new_zeros(outputs.shape[0], self.layout.num_tokens, outputs.shape[-1])
+        every_token[:, token_ids] = outputs
+        means = self.layout.unpatch(every_token[..., :patch])
+        if not self.is_probabilistic:
+            return means, None, None
+        log_variances = self.layout.unpatch(every_token[..., patch:]).clamp(-LOG_VARIANCE_LIMIT, LOG_VARIANCE_LIMIT)
+        if self.redshift_head is None or self.layout.redshift_token not in token_ids:
+            return means, log_variances, None
+        position = torch.nonzero(token_ids == self.layout.redshift_token).flatten()
+        mixture = self.redshift_head(hidden_states[:, position[0]])
+        mean, log_variance = mixture_moments(mixture)
+        means = torch.where(self.layout.is_redshift, mean[:, None].to(means.dtype), means)
+        log_variances = torch.where(self.layout.is_redshift, log_variance[:, None].to(means.dtype), log_variances)
+        return means, log_variances, mixture
+
+    def _element_errors(self, means, log_variances, mixture, targets):
+        """(B, D) per-element loss: `loss_type` for the point head; Gaussian negative log-likelihood for the
+        gaussian head, the mixture's for redshift."""
+        means = means.float()
+        if self.is_probabilistic:
+            error = gaussian_nll(means, log_variances.float(), targets)
+            if mixture is not None:
+                redshift_nll = -mixture_log_density(mixture, targets[:, self.layout.redshift_element, None])
+                error = torch.where(self.layout.is_redshift, redshift_nll, error)
+            return error
         if self.config.loss_type == "mse":
-            error = (predictions - targets) ** 2
-        elif self.config.loss_type == "l1":
-            error = (predictions - targets).abs()
-        else:
-            error = F.huber_loss(predictions, targets, reduction="none", delta=1.0)
+            return (means - targets) ** 2
+        if self.config.loss_type == "l1":
+            return (means - targets).abs()
+        return F.huber_loss(means, targets, reduction="none", delta=1.0)
+
+    def _modality_losses(self, error, selected):
+        """Each modality's mean error over its selected elements (0 where none), and which had any."""
         num_modalities = len(self.config.modalities)
         sums = error.new_zeros(num_modalities).index_add(
             0, self.layout.element_modality, torch.where(selected, error, 0.0).sum(dim=0))
@@ -317,28 +456,34 @@ class MosaicModel(MosaicPreTrainedModel):
         values: torch.Tensor,
         input_mask: torch.Tensor,
         target_mask: torch.Tensor | None = None,
+        errors: torch.Tensor | None = None,
         return_dict: bool = True,
     ):
         """values: (B, D) physical units in the config's flat layout, NaN/inf = missing; input_mask: (B, D)
-        True = shown to the model; target_mask: (B, D) True = scored (None: every present element not shown).
+        True = shown to the model; target_mask: (B, D) True = scored (None: every present element not shown);
+        errors: (B, D) 1-sigma error of each value in learning-space units (asinh magnitudes for LSST and
+        SPHEREx), NaN or None = unknown, used by a model with `error_inputs` only.
         Missing elements are never shown nor scored, and hidden values never reach the encoder."""
         normalised, present = self.layout.normalize(values)
         visible = input_mask.bool() & present
         scored = (~visible if target_mask is None else target_mask.bool()) & present
         model_input = torch.where(visible, normalised, 0.0).to(self.dtype)
+        model_errors = self.layout.normalize_errors(
+            torch.full_like(normalised, float("nan")) if errors is None else errors.to(normalised.device), visible)
         all_tokens = torch.arange(self.layout.num_tokens, device=values.device)
-        hidden_states, patches, _ = self._encode(model_input, visible, all_tokens)
-        predictions = self.layout.unpatch(patches)
+        hidden_states, _ = self._encode(model_input, visible, model_errors, all_tokens)
+        predictions, log_variances, mixture = self._decode(hidden_states, all_tokens)
 
-        modality_losses, has_scored = self._modality_losses(predictions, normalised, scored)
+        error = self._element_errors(predictions, log_variances, mixture, normalised)
+        modality_losses, has_scored = self._modality_losses(error, scored)
         loss = self._mean_over_present(modality_losses, has_scored)
         if self.config.visible_loss_weight > 0:
             loss = loss + self.config.visible_loss_weight * self._mean_over_present(
-                *self._modality_losses(predictions, normalised, visible))
+                *self._modality_losses(error, visible))
         pooled = torch.einsum("mt,bth->bmh", self.layout.modality_pool.to(hidden_states.dtype), hidden_states)
         output = MosaicModelOutput(
             loss=loss, modality_losses=modality_losses, predictions=predictions,
-            last_hidden_state=hidden_states, pooled=pooled,
+            last_hidden_state=hidden_states, pooled=pooled, log_variances=log_variances, redshift_mixture=mixture,
         )
         return output if return_dict else output.to_tuple()
 
@@ -365,51 +510,172 @@ class MosaicModel(MosaicPreTrainedModel):
                 raise ValueError(f"{argument}: {name!r} is not in this model; it knows {known}")
         return [n for n in self.config.modalities if n in names]
 
+    def _flat_errors(self, errors, names, num_rows) -> np.ndarray:
+        """The user's `errors` dict -> (N, D) physical errors, NaN where none is given."""
+        if not errors:
+            return np.full((num_rows, self.config.num_elements), np.nan, np.float32)
+        if not self.config.error_inputs:
+            raise ValueError("errors: this checkpoint was trained without error inputs (config.error_inputs is "
+                             "False), so it cannot use measurement errors")
+        unknown = [n for n in errors if n not in names]
+        if unknown:
+            raise ValueError(f"errors: {unknown} are not among the given inputs {names}")
+        flat = self.config.flatten(errors, argument="errors")
+        if flat.shape[0] != num_rows:
+            raise ValueError(f"errors: {flat.shape[0]} rows, but the inputs have {num_rows}")
+        return flat
+
+    def _prepare(self, values: np.ndarray, errors: np.ndarray):
+        """Physical (B, D) values and errors (NaN = unknown) -> the encoder's normalised values, which are
+        present, and normalised errors."""
+        values = torch.from_numpy(values).to(self.device)
+        normalised, present = self.layout.normalize(values)
+        learned = self.layout.errors_to_learning(values, torch.from_numpy(errors).to(self.device))
+        return normalised.to(self.dtype), present, self.layout.normalize_errors(learned, present)
+
     @torch.no_grad()
-    def predict(self, inputs: dict, targets: list | None = None, batch_size: int = 4096) -> dict:
+    def predict(
+        self,
+        inputs: dict,
+        targets: list | None = None,
+        batch_size: int = 4096,
+        return_uncertainty: bool = False,
+        num_samples: int = 0,
+        redshift_grid=None,
+        errors: dict | None = None,
+        seed: int = 0,
+    ) -> dict:
         """Predict modalities from any others, in physical units.
 
         inputs: name -> (N,) for a scalar or (N, length) for a vector; NaN/inf elements are "not given" (an
             SFH with NaN over 0-10 Gyr asks the model to fill that range in). Empty inputs return the learned
             prior for one galaxy (N = 1).
         targets: a name or names to return; default every modality not fully given. Elements that were given
-            are returned as given, so a fully given target comes back unchanged.
-        Returns name -> float32 (N,) for a scalar, (N, length) for a vector. The encoder runs on the tokens of
-        the input and target modalities only.
+            are returned as given (with zero spread), so a fully given target comes back unchanged.
+        return_uncertainty (gaussian head only): `name` becomes the mean of the predictive distribution in
+            physical units and `name_std` its standard deviation, both by Gauss-Hermite quadrature of the
+            learning-space Gaussian (mixture for redshift) pushed through the inverse learning transform;
+            `name_p16`, `name_p50`, `name_p84` are its percentiles, exact because the transforms are monotonic
+            (p50 is the point prediction returned without uncertainty, except for redshift). For a redshift
+            target also `redshift_pdf` (N, G): the posterior density on `redshift_grid`, normalised to
+            integrate to 1 over the grid (trapezoid rule).
+        num_samples (gaussian head only): adds `name_samples`, (N, S) for a scalar or (N, length, S) for a
+            vector, draws from the predictive distribution (a pure function of `seed` and the batch split).
+        redshift_grid: increasing redshifts for `redshift_pdf`; default np.linspace(0, 3.5, 351).
+        errors (models with `error_inputs` only): name -> 1-sigma errors of given inputs, in the inputs'
+            physical units and shapes (asinh-magnitude errors for lsst and spherex); NaN = unknown.
+        Returns name -> float32 arrays. The encoder runs on the tokens of the input and target modalities only.
         """
         names = self._check_names(inputs, "inputs")
         flat = self.config.flatten(inputs) if names else np.full((1, self.config.num_elements), np.nan, np.float32)
+        flat_errors = self._flat_errors(errors, names, flat.shape[0])
         given = np.isfinite(flat)
         slices = self.config.modality_slices
         if targets is None:
             targets = [n for n in self.config.modalities if n not in names or not given[:, slices[n]].all()]
         targets = self._check_names([targets] if isinstance(targets, str) else targets, "targets")
+        probabilistic = return_uncertainty or num_samples > 0 or redshift_grid is not None
+        if probabilistic and not self.is_probabilistic:
+            raise ValueError("return_uncertainty, num_samples and redshift_grid need a probabilistic head, but this "
+                             "checkpoint has none (head_type='point'); train with head_type='gaussian'")
+        grid = None
+        if "redshift" in targets and (return_uncertainty or redshift_grid is not None):
+            grid = check_redshift_grid(DEFAULT_REDSHIFT_GRID if redshift_grid is None else redshift_grid)
         token_ids = self._token_ids(set(names) | set(targets))
-        result = np.empty_like(flat)
+        generator = torch.Generator().manual_seed(int(seed))
+        points, summaries = [], []
         for start in range(0, flat.shape[0], batch_size):
-            chunk = torch.from_numpy(flat[start:start + batch_size]).to(self.device)
-            normalised, present = self.layout.normalize(chunk)
-            _, patches, _ = self._encode(normalised.to(self.dtype), present, token_ids)
-            every_token = patches.new_zeros(chunk.shape[0], self.layout.num_tokens, self.layout.patch_size)
-            every_token[:, token_ids] = patches
-            result[start:start + batch_size] = self.to_physical(self.layout.unpatch(every_token))
-        result = np.where(given, flat, result)
-        return self.config.unflatten(result, targets)
+            rows = slice(start, start + batch_size)
+            hidden_states, _ = self._encode(*self._prepare(flat[rows], flat_errors[rows]), token_ids)
+            means, log_variances, mixture = self._decode(hidden_states, token_ids)
+            points.append(self.to_physical(means))
+            if probabilistic:
+                summaries.append(self._summaries(means, log_variances, mixture, targets, return_uncertainty,
+                                                 num_samples, grid, generator))
+        output = self.config.unflatten(np.where(given, flat, np.concatenate(points)).astype(np.float32), targets)
+        if summaries:
+            joined = {key: np.concatenate([s[key] for s in summaries]) for key in summaries[0]}
+            output.update(self._given_as_given(joined, flat, given, grid))
+        return output
+
+    def _summaries(self, means, log_variances, mixture, targets, uncertainty, num_samples, grid, generator):
+        """One batch's predictive distributions -> {(name, statistic): array} in physical units: "" the mean
+        (B, L), "std" and "p16"... (B, L) when `uncertainty`, "samples" (B, L, S); ("redshift", "pdf") (B, G)
+        when `grid`."""
+        out = {}
+        for name in targets:
+            modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture)
+            if uncertainty:
+                out[name, ""], out[name, "std"] = physical_moments(modality, weights, centres, sigmas)
+                for q in PERCENTILES:
+                    out[name, f"p{q}"] = modality.from_learning(learning_quantile(weights, centres, sigmas, q / 100))
+            if num_samples > 0:
+                out[name, "samples"] = modality.from_learning(
+                    sample_mixture(weights, centres, sigmas, num_samples, generator))
+        if grid is not None:
+            out["redshift", "pdf"] = self._redshift_pdf(mixture, grid)
+        return out
+
+    def _learning_distribution(self, name, means, log_variances, mixture):
+        """Target `name`'s predictive distribution in learning space as a mixture per element: (modality,
+        weights, means, sigmas), each (B, L, K) float64 numpy; K = 1 except for redshift."""
+        s = self.config.modality_slices[name]
+        mean, std = self.layout.mean[s].double().cpu().numpy(), self.layout.std[s].double().cpu().numpy()
+        if name == "redshift" and mixture is not None:
+            logits, centres, log_scales = mixture.double().cpu().unbind(dim=1)
+            weights = torch.softmax(logits, dim=-1).numpy()[:, None]
+            return (MODALITIES[name], weights, centres.numpy()[:, None] * std + mean,
+                    np.exp(log_scales.numpy())[:, None] * std)
+        centres = means[:, s].double().cpu().numpy() * std + mean
+        sigmas = np.exp(0.5 * log_variances[:, s].double().cpu().numpy()) * std
+        return MODALITIES[name], np.ones(centres.shape + (1,)), centres[..., None], sigmas[..., None]
+
+    def _redshift_pdf(self, mixture, grid) -> np.ndarray:
+        """The redshift mixtures (B, 3, K) -> their density in z on `grid` (B, G), integrating to 1 there."""
+        modality, element = MODALITIES["redshift"], self.layout.redshift_element
+        mean, std = float(self.layout.mean[element]), float(self.layout.std[element])
+        normalised = torch.from_numpy((modality.to_learning(grid) - mean) / std).to(mixture.device)
+        log_density = mixture_log_density(mixture.double(), normalised.expand(mixture.shape[0], -1)).cpu().numpy()
+        log_jacobian = np.log(modality.scale / ((grid + modality.offset) * math.log(10.0) * std))
+        log_density = log_density + log_jacobian
+        density = np.exp(log_density - log_density.max(axis=1, keepdims=True))
+        return density / trapezoid(density, grid)[:, None]
+
+    def _given_as_given(self, result, flat, given, grid) -> dict:
+        """Override the distributions of given elements by the given values (zero spread, a one-point pdf),
+        name the arrays `name` / `name_statistic` and shape them like their target (scalars (N,), (N, S))."""
+        output = {}
+        for (name, statistic), array in result.items():
+            key = f"{name}_{statistic}" if statistic else name
+            s = self.config.modality_slices[name]
+            values, is_given = flat[:, s], given[:, s]
+            if statistic == "pdf":
+                spike = np.zeros_like(array)
+                spike[np.arange(len(array)), np.abs(grid[None, :] - values).argmin(axis=1)] = 1.0
+                array = np.where(is_given, spike / trapezoid(spike, grid)[:, None], array)
+            elif statistic == "samples":
+                array = np.where(is_given[..., None], values[..., None], array)
+            else:
+                array = np.where(is_given, 0.0 if statistic == "std" else values, array)
+            if MODALITIES[name].is_scalar and statistic != "pdf":
+                array = array[:, 0]
+            output[key] = array.astype(np.float32)
+        return output
 
     @torch.no_grad()
-    def embed(self, inputs: dict, batch_size: int = 4096) -> dict:
+    def embed(self, inputs: dict, batch_size: int = 4096, errors: dict | None = None) -> dict:
         """Latent vectors for plots and probes: for each given modality the mean final state of its tokens, and
         "all", the mean over every visible token (zeros for a galaxy with nothing visible). The encoder sees
-        only the given modalities' tokens. Returns name -> float32 (N, hidden_size)."""
+        only the given modalities' tokens; `errors` as in `predict`. Returns name -> float32 (N, hidden_size)."""
         names = self._check_names(inputs, "inputs")
         flat = self.config.flatten(inputs)
+        flat_errors = self._flat_errors(errors, names, flat.shape[0])
         token_ids = self._token_ids(names)
         pool = self.layout.modality_pool[[self.config.modalities.index(n) for n in names]][:, token_ids]
         outputs = {n: np.zeros((flat.shape[0], self.config.hidden_size), np.float32) for n in names + ["all"]}
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            normalised, present = self.layout.normalize(torch.from_numpy(flat[rows]).to(self.device))
-            hidden_states, _, token_visible = self._encode(normalised.to(self.dtype), present, token_ids)
+            hidden_states, token_visible = self._encode(*self._prepare(flat[rows], flat_errors[rows]), token_ids)
             hidden_states = hidden_states.float()
             per_modality = torch.einsum("mt,bth->bmh", pool, hidden_states).cpu().numpy()
             for m, name in enumerate(names):
@@ -418,7 +684,70 @@ class MosaicModel(MosaicPreTrainedModel):
             outputs["all"][rows] = torch.einsum("bt,bth->bh", weights, hidden_states).cpu().numpy()
         return outputs
 
+
+# ------------------------------------------------------------------------- predictive distributions
+def check_redshift_grid(grid) -> np.ndarray:
+    """A valid `redshift_grid` as float64: 1-D, at least two finite points, strictly increasing, above -1."""
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 1 or grid.size < 2 or not np.isfinite(grid).all() or (np.diff(grid) <= 0).any():
+        raise ValueError(f"redshift_grid must be a 1-D strictly increasing array of >= 2 finite redshifts, got "
+                         f"shape {grid.shape}")
+    if grid[0] <= -MODALITIES["redshift"].offset:
+        raise ValueError(f"redshift_grid must lie above z = -1, got a first point {grid[0]}")
+    return grid
+
+
+def trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Trapezoid-rule integral of y (..., G) over x (G,) (numpy's own is named differently across 1.x/2.x)."""
+    return (0.5 * (y[..., 1:] + y[..., :-1]) * np.diff(x)).sum(axis=-1)
+
+
+def normal_cdf(x: np.ndarray) -> np.ndarray:
+    return torch.special.ndtr(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+
+def physical_moments(modality, weights, means, sigmas):
+    """Mean and std in physical units of a learning-space Gaussian mixture (..., K) by Gauss-Hermite
+    quadrature: E[g(y)] = sum_i w_i g(mu + sqrt(2) sigma t_i) / sqrt(pi) per component. Two passes (mean,
+    then the spread about it) so a narrow distribution far from zero loses no precision."""
+    nodes, node_weights = np.polynomial.hermite.hermgauss(HERMITE_NODES)
+    node_weights = node_weights / math.sqrt(math.pi)
+
+    def expectation(function):
+        return sum(w * (weights * function(modality.from_learning(means + math.sqrt(2.0) * sigmas * t))).sum(-1)
+                   for t, w in zip(nodes, node_weights))
+
+    mean = expectation(lambda x: x)
+    variance = expectation(lambda x: (x - mean[..., None]) ** 2)
+    return mean, np.sqrt(np.maximum(variance, 0.0))
+
+
+def learning_quantile(weights, means, sigmas, q: float) -> np.ndarray:
+    """The q-quantile of a Gaussian mixture (..., K): closed form for one component, else bisection on the
+    mixture's CDF."""
+    if means.shape[-1] == 1:
+        return means[..., 0] + float(torch.special.ndtri(torch.tensor(q, dtype=torch.float64))) * sigmas[..., 0]
+    low, high = (means - 10.0 * sigmas).min(axis=-1), (means + 10.0 * sigmas).max(axis=-1)
+    for _ in range(QUANTILE_STEPS):
+        middle = 0.5 * (low + high)
+        below = (weights * normal_cdf((middle[..., None] - means) / sigmas)).sum(axis=-1) < q
+        low, high = np.where(below, middle, low), np.where(below, high, middle)
+    return 0.5 * (low + high)
+
+
+def sample_mixture(weights, means, sigmas, num_samples: int, generator) -> np.ndarray:
+    """num_samples draws per element of a Gaussian mixture (..., K) -> (..., num_samples)."""
+    weights = torch.from_numpy(weights).reshape(-1, weights.shape[-1])
+    component = torch.multinomial(weights, num_samples, replacement=True, generator=generator).numpy()
+    component = component.reshape(means.shape[:-1] + (num_samples,))
+    normal = torch.randn(component.shape, generator=generator, dtype=torch.float64).numpy()
+    return (np.take_along_axis(means, component, axis=-1)
+            + np.take_along_axis(sigmas, component, axis=-1) * normal)
+
+
 MosaicConfig.register_for_auto_class()
 MosaicModel.register_for_auto_class("AutoModel")
 
-__all__ = ["MosaicModel", "MosaicModelOutput", "MosaicPreTrainedModel"]
+__all__ = [
+    "DEFAULT_REDSHIFT_GRID", "MosaicModel", "MosaicModelOutput", "MosaicPreTrainedModel", "check_redshift_grid",
+]

@@ -224,6 +224,12 @@ def build_model(model_args, normalization):
         hidden_dropout_prob=model_args.hidden_dropout_prob,
         attention_dropout=model_args.attention_dropout,
         visible_loss_weight=model_args.visible_loss_weight,
+        mask_visible_decay=model_args.mask_visible_decay,
+        head_type=model_args.head_type,
+        redshift_mixture_components=model_args.redshift_mixture_components,
+        error_inputs=model_args.error_inputs,
+        noise_on_the_fly=model_args.noise_on_the_fly,
+        noise_scale=model_args.noise_scale,
         attn_implementation=model_args.attn_implementation,
     )
     config.set_normalization({n: normalization[n] for n in config.modalities})
@@ -237,6 +243,7 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     from .catalog.io import load_catalog, read_normalization
     from .configuration_mosaic import MosaicConfig
     from .masking import MosaicMaskingCollator
+    from .noise import noise_columns
 
     MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
     with PartialState().main_process_first():
@@ -251,7 +258,7 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     n_train = len(train) - n_val
     if data_args.max_train_samples:
         n_train = min(n_train, data_args.max_train_samples)
-    columns = [*config.modalities, "galaxy_id"]
+    columns = [*config.modalities, "galaxy_id", *noise_columns(config)]
     val = train.select(range(len(train) - n_val, len(train)))
     train_set = ColumnarDataset(train.select(range(n_train)), columns)
     eval_sets = {"masked": ColumnarDataset(val, columns),

@@ -77,13 +77,17 @@ def test_every_sample_sees_and_predicts_something_and_nan_is_never_used():
     assert hidden[several].any(axis=1).all()
 
 
-def test_number_of_visible_modalities_is_uniform_on_1_to_n_minus_1():
+@pytest.mark.parametrize("decay", [1.0, 0.6, 0.3])
+def test_number_of_visible_modalities_follows_the_geometric_law_on_1_to_n_minus_1(decay):
+    """P(k) ~ decay**(k - 1) on k = 1..6 (uniform at decay 1): counts within 5 sigma of the expectation."""
     n = 3000
-    batch = MosaicMaskingCollator(CONFIG, seed=5, prior_probability=0.0)(catalog(n, missing=0.0))
+    config = MosaicConfig(mask_visible_decay=decay)
+    batch = MosaicMaskingCollator(config, seed=5, prior_probability=0.0)(catalog(n, missing=0.0))
     counts = np.bincount(modality_any(batch["input_mask"].numpy()).sum(axis=1), minlength=8)
     assert counts[0] == 0 and counts[7] == 0
-    expected = n / 6
-    assert (np.abs(counts[1:7] - expected) < 5 * np.sqrt(expected)).all(), counts
+    weights = decay ** np.arange(6)
+    expected = n * weights / weights.sum()
+    assert (np.abs(counts[1:7] - expected) < 5 * np.sqrt(expected) + 1).all(), (counts, expected.round())
 
 
 def test_segments_are_one_contiguous_run_of_the_configured_fraction():

@@ -205,3 +205,21 @@ def figure_photoz(
                 transform=ax.transAxes, va="top", fontsize=8)
     fig.suptitle("Photo-z: red dashes bound |ez| = max(0.06, 3 sigma_IQR), ez = (z_pred - z_true)/(1 + z_true)")
     return save_png(fig, path)
+
+
+def figure_pit(pits: Mapping[str, np.ndarray], path, bins: int = 20) -> Path:
+    """Histogram of the photo-z PIT values per condition, as a density: a calibrated posterior gives a flat
+    line at 1; a U shape means overconfident posteriors, a hump underconfident ones."""
+    fig = Figure(figsize=(3.6 * len(pits), 3.4))
+    axes = fig.subplots(1, len(pits), squeeze=False,
+                        gridspec_kw={"left": 0.07, "right": 0.98, "bottom": 0.15, "top": 0.82, "wspace": 0.3})[0]
+    for ax, (condition, pit) in zip(axes, pits.items(), strict=True):
+        ax.hist(np.asarray(pit, dtype=np.float64), bins=bins, range=(0.0, 1.0), density=True, color="tab:blue",
+                alpha=0.7)
+        ax.axhline(1.0, color="k", lw=1, ls="--")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_xlabel("PIT = CDF(z_true)")
+        ax.set_ylabel("density")
+        ax.set_title(condition, fontsize=10)
+    fig.suptitle("Photo-z PIT histograms (dashed: a calibrated posterior)")
+    return save_png(fig, path)

@@ -21,7 +21,14 @@ import pyarrow.parquet as pq
 from ..modalities import MODALITY_NAMES, get_modality
 from .baselines import MAX_TRAIN, TASKS, THREADS, run_baselines, sfh_convention_ablation, subsample_rows
 from .conditions import CONDITIONS, Condition
-from .metrics.functions import gain, photoz_metrics, regression_metrics
+from .metrics.functions import (
+    gain,
+    gaussian_calibration,
+    grid_calibration,
+    photoz_metrics,
+    pit_from_grid,
+    regression_metrics,
+)
 
 #: The paper's headline gains (Xia et al. 2025, figure 2) and how each is computed here:
 #: name -> (modality, condition with the extra input, condition without).
@@ -32,6 +39,10 @@ HEADLINES = {
 }
 #: At most this many test galaxies are embedded for the figure-3 analogue.
 MAX_EMBED = 5000
+#: Targets whose predictive distributions a probabilistic model is scored on (coverage, PIT, CRPS, CDE loss).
+CALIBRATED_TARGETS = ("redshift", "log_stellar_mass")
+#: Redshift grid on which a probabilistic model is asked for its photo-z posteriors (passed to `predict`).
+REDSHIFT_GRID = np.linspace(0.0, 3.5, 351)
 #: Columns the baselines and the ablation read from the train split.
 TRAIN_COLUMNS = ("redshift", "log_stellar_mass", "lsst", "spherex", "sfh")
 
@@ -102,15 +113,36 @@ def score_target(condition: Condition, name: str, truth: np.ndarray, prediction:
     return result
 
 
+def is_probabilistic(model) -> bool:
+    """Whether the model predicts distributions (MOSAIC's gaussian head)."""
+    return getattr(getattr(model, "config", None), "head_type", "point") == "gaussian"
+
+
+def calibration(name: str, truth: np.ndarray, output: Mapping[str, np.ndarray]) -> tuple[dict, np.ndarray | None]:
+    """Calibration scores of target `name` from a `predict(..., return_uncertainty=True)` output, and the
+    redshift PIT values (None for other targets): the posterior on the grid for redshift, the Gaussian mean
+    and std for the others (stellar mass is learned linearly, so its distribution is Gaussian)."""
+    try:
+        if name == "redshift":
+            pdf = output["redshift_pdf"]
+            return grid_calibration(REDSHIFT_GRID, pdf, truth), pit_from_grid(REDSHIFT_GRID, pdf, truth)
+        return gaussian_calibration(output[name], output[f"{name}_std"], truth), None
+    except ValueError as error:
+        return {"calibration_error": str(error)}, None
+
+
 def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[Condition], batch_size: int):
-    """Predict and score every target of every condition. Returns (results, predictions, predict seconds):
-    results[condition][modality] = metrics; predictions[condition][modality] = (galaxies, ...) float32."""
+    """Predict and score every target of every condition. Returns (results, predictions, predict seconds,
+    redshift PIT values): results[condition][modality] = metrics; predictions[condition][modality] =
+    (galaxies, ...) float32; pits[condition] = (galaxies,) for a probabilistic model, else empty."""
     modalities = model_modalities(model)
-    results, predictions, seconds = {}, {}, {}
+    probabilistic = is_probabilistic(model)
+    extra = {"return_uncertainty": True, "redshift_grid": REDSHIFT_GRID} if probabilistic else {}
+    results, predictions, seconds, pits = {}, {}, {}, {}
     for condition in conditions:
         targets = condition.targets(modalities)
         start = time.perf_counter()
-        output = model.predict(condition.inputs(test), targets=targets, batch_size=batch_size)
+        output = model.predict(condition.inputs(test), targets=targets, batch_size=batch_size, **extra)
         seconds[condition.name] = round(time.perf_counter() - start, 3)
         missing = [t for t in targets if t not in output]
         if missing:
@@ -119,7 +151,13 @@ def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[C
         results[condition.name] = {
             t: score_target(condition, t, test[t], predictions[condition.name][t]) for t in targets
         }
-    return results, predictions, seconds
+        for name in CALIBRATED_TARGETS if probabilistic else ():
+            if name in targets:
+                scores, pit = calibration(name, test[name], output)
+                results[condition.name][name].update(scores)
+                if pit is not None:
+                    pits[condition.name] = pit
+    return results, predictions, seconds, pits
 
 
 def headline_gains(results: Mapping[str, Mapping[str, dict]]) -> dict[str, float | None]:
@@ -175,7 +213,7 @@ def run_evaluation(
     n_available = len(test_all["redshift"])
     test = _take(test_all, subsample_rows(n_available, max_test, seed))
 
-    results, predictions, predict_s = evaluate_model(model, test, conditions, batch_size)
+    results, predictions, predict_s, pits = evaluate_model(model, test, conditions, batch_size)
     metrics = {
         "n_test": int(len(test["redshift"])),
         "n_test_available": int(n_available),
@@ -203,15 +241,22 @@ def run_evaluation(
     figure_files = {}
     if figures:
         figure_files = _write_figures(model, test, results, predictions, conditions, modalities, out_dir,
-                                      batch_size, seed, metrics)
+                                      batch_size, seed, metrics, pits)
     metrics["timing_s"]["total"] = round(time.perf_counter() - start, 3)
     write_text(json.dumps(metrics, indent=2, allow_nan=False), out_dir / "metrics.json")
     write_text(render_report(metrics, figure_files), out_dir / "REPORT.md")
     return metrics
 
 
-def _write_figures(model, test, results, predictions, conditions, modalities, out_dir, batch_size, seed, metrics):
-    from .figures import EMBEDDING_COLOURS, figure_conditions, figure_embeddings, figure_photoz
+def _write_figures(model, test, results, predictions, conditions, modalities, out_dir, batch_size, seed, metrics,
+                   pits):
+    from .figures import (
+        EMBEDDING_COLOURS,
+        figure_conditions,
+        figure_embeddings,
+        figure_photoz,
+        figure_pit,
+    )
 
     files = {"conditions": figure_conditions(test, predictions, conditions, modalities, results,
                                              out_dir / "figure2_conditions.png").name}
@@ -220,6 +265,8 @@ def _write_figures(model, test, results, predictions, conditions, modalities, ou
     if photoz:
         files["photoz"] = figure_photoz(test["redshift"], photoz, {c: results[c]["redshift"] for c in photoz},
                                         out_dir / "photoz.png").name
+    if pits:
+        files["pit"] = figure_pit(pits, out_dir / "photoz_pit.png").name
     if hasattr(model, "embed"):
         maps, rows, method = embedding_maps(model, test, conditions, batch_size, seed)
         colours = {n: test[n][rows] for n in EMBEDDING_COLOURS if n in test}
@@ -278,6 +325,20 @@ def _conditions_section(metrics) -> list[str]:
                   *_table(["condition", "bias", "sigma_IQR", "sigma_NMAD", "outlier rate", "outlier bound on abs(ez)"],
                           rows), ""]
     return lines
+
+
+def _calibration_section(metrics) -> list[str]:
+    rows = [[c, name, *(_fmt(m.get(k), 3) for k in ("coverage_68", "coverage_95", "pit_ks", "crps", "cde_loss"))]
+            for c, targets in metrics["conditions"].items() for name, m in targets.items() if "pit_ks" in m]
+    if not rows:
+        return []
+    return ["## Calibration of the predictive distributions", "",
+            "coverage_68 / coverage_95: fraction of test galaxies whose truth lies in the central 68% / 95% "
+            "interval (ideal 0.68 / 0.95); pit_ks: Kolmogorov-Smirnov distance of the PIT values from uniform "
+            "(0 = calibrated); crps: continuous ranked probability score in the target's units (redshift: on "
+            f"the {REDSHIFT_GRID[0]:g}-{REDSHIFT_GRID[-1]:g} grid; stellar mass: Gaussian closed form); cde_loss: "
+            "RAIL's CDE loss, integral of p^2 dz - 2 mean p(z_true) (lower is better).", "",
+            *_table(["condition", "target", "coverage_68", "coverage_95", "pit_ks", "crps", "cde_loss"], rows), ""]
 
 
 def _baselines_section(metrics) -> list[str]:
@@ -339,10 +400,12 @@ def render_report(metrics: Mapping, figures: Mapping[str, str]) -> str:
     lines.append("")
     lines += _headline_section(metrics)
     lines += _conditions_section(metrics)
+    lines += _calibration_section(metrics)
     lines += _baselines_section(metrics)
     lines += _ablation_section(metrics)
     captions = {"conditions": "Figure 2 analogue: predictions by input condition",
-                "photoz": "Photo-z diagnostic", "embeddings": "Figure 3 analogue: embeddings"}
+                "photoz": "Photo-z diagnostic", "embeddings": "Figure 3 analogue: embeddings",
+                "pit": "Photo-z PIT histogram (flat = calibrated)"}
     if figures:
         lines += ["## Figures", ""]
         for key, name in figures.items():

@@ -6,12 +6,21 @@
 from pathlib import Path
 
 from .functions import (
+    cde_loss,
+    coverage,
+    crps_from_grid,
+    crps_gaussian,
     gain,
+    gaussian_calibration,
+    grid_calibration,
     mean_absolute_error,
     normalised_absolute_errors,
     outlier_threshold,
     photoz_errors,
     photoz_metrics,
+    pit_from_grid,
+    pit_gaussian,
+    pit_ks,
     regression_metrics,
     truth_spread,
 )
@@ -28,6 +37,24 @@ def metric_path(name: str) -> str:
 
 
 __all__ = [
-    "METRICS_DIR", "METRIC_NAMES", "gain", "mean_absolute_error", "metric_path", "normalised_absolute_errors",
-    "outlier_threshold", "photoz_errors", "photoz_metrics", "regression_metrics", "truth_spread",
+    "METRICS_DIR",
+    "METRIC_NAMES",
+    "cde_loss",
+    "coverage",
+    "crps_from_grid",
+    "crps_gaussian",
+    "gain",
+    "gaussian_calibration",
+    "grid_calibration",
+    "mean_absolute_error",
+    "metric_path",
+    "normalised_absolute_errors",
+    "outlier_threshold",
+    "photoz_errors",
+    "photoz_metrics",
+    "pit_from_grid",
+    "pit_gaussian",
+    "pit_ks",
+    "regression_metrics",
+    "truth_spread",
 ]

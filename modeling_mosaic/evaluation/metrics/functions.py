@@ -7,6 +7,8 @@ Non-finite truth or prediction marks an element as missing: it is left out of ev
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: Gaussian-equivalent scatter from an interquartile range and from a median absolute deviation.
@@ -141,3 +143,135 @@ def gain(mae_with: float | None, mae_without: float | None) -> float | None:
     if mae_with is None or mae_without is None or not mae_without > 0:
         return None
     return float(1.0 - mae_with / mae_without)
+
+
+# ------------------------------------------------------------------------------- probabilistic calibration
+# Scores of predictive distributions against the truth, per galaxy then averaged: the probability integral
+# transform (PIT = the predictive CDF at the truth; uniform for a calibrated model), the coverage of central
+# intervals, the CRPS (a proper score in the truth's units) and RAIL's CDE loss for photo-z posteriors.
+
+def _normal_cdf(x):
+    return 0.5 * (1.0 + np.vectorize(math.erf, otypes=[np.float64])(np.asarray(x, dtype=np.float64) / math.sqrt(2.0)))
+
+
+def _finite_rows(*arrays):
+    """The rows where every array is finite (over all but the first axis)."""
+    keep = np.ones(len(arrays[0]), dtype=bool)
+    for a in arrays:
+        a = np.asarray(a, dtype=np.float64)
+        keep &= np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    if not keep.any():
+        raise ValueError("no galaxy to score: every row has a non-finite prediction or truth")
+    return keep
+
+
+def _check_grid(grid, pdf, truth):
+    grid = np.asarray(grid, dtype=np.float64)
+    pdf = np.asarray(pdf, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64).reshape(-1)
+    if grid.ndim != 1 or grid.size < 2 or (np.diff(grid) <= 0).any():
+        raise ValueError(f"grid must be 1-D and strictly increasing with >= 2 points, got shape {grid.shape}")
+    if pdf.shape != (truth.size, grid.size):
+        raise ValueError(f"pdf has shape {pdf.shape}; expected (galaxies, grid points) = {(truth.size, grid.size)}")
+    keep = _finite_rows(pdf, truth)
+    return grid, pdf[keep], truth[keep]
+
+
+def _interpolate_rows(grid, values, x):
+    """Per row, values (N, G) on grid linearly interpolated at x (N,); end values outside the grid."""
+    right = np.clip(np.searchsorted(grid, x), 1, grid.size - 1)
+    left = right - 1
+    t = np.clip((x - grid[left]) / (grid[right] - grid[left]), 0.0, 1.0)
+    rows = np.arange(len(x))
+    return (1.0 - t) * values[rows, left] + t * values[rows, right]
+
+
+def _cumulative(grid, values):
+    """Cumulative trapezoid integral of each row of values (N, G) over the grid, starting at 0."""
+    steps = 0.5 * (values[:, 1:] + values[:, :-1]) * np.diff(grid)
+    return np.concatenate([np.zeros((len(values), 1)), np.cumsum(steps, axis=1)], axis=1)
+
+
+def _grid_cdf(grid, pdf):
+    """Cumulative trapezoid integral of each row, scaled to end at 1."""
+    cdf = _cumulative(grid, pdf)
+    return cdf / cdf[:, -1:]
+
+
+def pit_gaussian(mean, std, truth) -> np.ndarray:
+    """PIT of Gaussian predictions: Phi((truth - mean) / std), over galaxies where all three are finite."""
+    mean, std, truth = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (mean, std, truth))
+    keep = _finite_rows(mean, std, truth) & (std > 0)
+    return _normal_cdf((truth[keep] - mean[keep]) / std[keep])
+
+
+def pit_from_grid(grid, pdf, truth) -> np.ndarray:
+    """PIT of densities tabulated on a grid (N, G): their CDF (trapezoid rule, normalised on the grid) at the
+    truth; 0 below and 1 above the grid."""
+    grid, pdf, truth = _check_grid(grid, pdf, truth)
+    pit = _interpolate_rows(grid, _grid_cdf(grid, pdf), truth)
+    return np.where(truth < grid[0], 0.0, np.where(truth > grid[-1], 1.0, pit))
+
+
+def coverage(pit, level: float) -> float:
+    """Fraction of galaxies whose truth lies in the central `level` interval: |PIT - 1/2| <= level / 2."""
+    return float(np.mean(np.abs(np.asarray(pit, dtype=np.float64) - 0.5) <= level / 2.0))
+
+
+def pit_ks(pit) -> float:
+    """Kolmogorov-Smirnov statistic of the PIT values against the uniform distribution on [0, 1]."""
+    u = np.sort(np.asarray(pit, dtype=np.float64))
+    n = u.size
+    i = np.arange(1, n + 1)
+    return float(max(np.max(i / n - u), np.max(u - (i - 1) / n)))
+
+
+def crps_gaussian(mean, std, truth) -> float:
+    """Mean CRPS of Gaussian predictions, closed form (Gneiting & Raftery 2007):
+    std * [z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)], z = (truth - mean) / std; |truth - mean| where std = 0."""
+    mean, std, truth = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (mean, std, truth))
+    keep = _finite_rows(mean, std, truth)
+    mean, std, truth = mean[keep], std[keep], truth[keep]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(std > 0, (truth - mean) / std, 0.0)
+    density = np.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
+    crps = std * (z * (2.0 * _normal_cdf(z) - 1.0) + 2.0 * density - 1.0 / math.sqrt(math.pi))
+    return float(np.mean(np.where(std > 0, crps, np.abs(truth - mean))))
+
+
+def crps_from_grid(grid, pdf, truth) -> float:
+    """Mean CRPS of densities on a grid: the integral over the grid of (F(z) - H(z - t))^2, expanded as
+    int F^2 - 2 int_t F + (end - t) so the step at the truth t (clipped to the grid) is integrated exactly."""
+    grid, pdf, truth = _check_grid(grid, pdf, truth)
+    cdf = _grid_cdf(grid, pdf)
+    integral_f = _cumulative(grid, cdf)
+    t = np.clip(truth, grid[0], grid[-1])
+    above_truth = integral_f[:, -1] - _interpolate_rows(grid, integral_f, t)
+    return float(np.mean(_cumulative(grid, cdf**2)[:, -1] - 2.0 * above_truth + (grid[-1] - t)))
+
+
+def cde_loss(grid, pdf, truth) -> float:
+    """RAIL's conditional density estimation loss: mean over galaxies of the integral of p(z)^2 dz, minus twice
+    the mean of p(z_true) (p normalised on the grid, 0 outside it). Lower is better."""
+    grid, pdf, truth = _check_grid(grid, pdf, truth)
+    steps = np.diff(grid)
+    pdf = pdf / (0.5 * (pdf[:, 1:] + pdf[:, :-1]) * steps).sum(axis=1, keepdims=True)
+    squared = (0.5 * (pdf[:, 1:] ** 2 + pdf[:, :-1] ** 2) * steps).sum(axis=1)
+    inside = (truth >= grid[0]) & (truth <= grid[-1])
+    at_truth = np.where(inside, _interpolate_rows(grid, pdf, truth), 0.0)
+    return float(np.mean(squared) - 2.0 * np.mean(at_truth))
+
+
+def _pit_scores(pit) -> dict:
+    return {"coverage_68": coverage(pit, 0.68), "coverage_95": coverage(pit, 0.95), "pit_ks": pit_ks(pit)}
+
+
+def gaussian_calibration(mean, std, truth) -> dict:
+    """coverage_68, coverage_95, pit_ks and crps of Gaussian predictions."""
+    return {**_pit_scores(pit_gaussian(mean, std, truth)), "crps": crps_gaussian(mean, std, truth)}
+
+
+def grid_calibration(grid, pdf, truth) -> dict:
+    """coverage_68, coverage_95, pit_ks, crps and cde_loss of densities tabulated on a grid."""
+    return {**_pit_scores(pit_from_grid(grid, pdf, truth)), "crps": crps_from_grid(grid, pdf, truth),
+            "cde_loss": cde_loss(grid, pdf, truth)}

@@ -1,0 +1,74 @@
+"""Photometric noise drawn on the fly, and measurement errors in the space the network learns in.
+
+A catalog stores each galaxy's noise-free fluxes and their 1-sigma errors (`lsst_flux_true`, `lsst_flux_err`,
+and the same for SPHEREx). With `noise_on_the_fly` the training collator draws a new realisation
+flux = true + s * err * N(0, 1) every epoch, s uniform in the config's `noise_scale` range, so one catalog
+serves many noise levels and the model never memorises one realisation. The normals come from the same
+counter-based hash as the masks (a separate stream), so a galaxy's noise is a pure function of
+(seed, epoch, galaxy_id) and a resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .modalities import MODALITIES, asinh_magnitude
+
+#: The modalities whose values are asinh magnitudes of fluxes the catalog stores with errors.
+NOISY_MODALITIES = ("lsst", "spherex")
+#: The `uniforms` stream of the noise (the masks use stream 0).
+NOISE_STREAM = 1
+
+
+def asinh_magnitude_error(flux_njy, flux_err_njy, softening_njy):
+    """1-sigma error of an asinh magnitude, to first order: 2.5 / ln 10 * sigma_f / sqrt(f^2 + 4 b^2). It tends
+    to the AB-magnitude error 1.0857 sigma_f / f for bright sources and stays finite at zero flux."""
+    f = np.asarray(flux_njy, dtype=np.float64)
+    b = np.asarray(softening_njy, dtype=np.float64)
+    return 2.5 / math.log(10.0) * np.abs(np.asarray(flux_err_njy, dtype=np.float64)) / np.sqrt(f**2 + 4.0 * b**2)
+
+
+def noise_columns(config) -> list[str]:
+    """The catalog columns the collator reads for on-the-fly noise (none when the config does not ask)."""
+    if not config.noise_on_the_fly:
+        return []
+    return [f"{name}_{kind}" for name in NOISY_MODALITIES if name in config.modalities
+            for kind in ("flux_true", "flux_err")]
+
+
+def noise_draws(seed: int, epoch: int, galaxy_ids, num: int) -> tuple[np.ndarray, np.ndarray]:
+    """From the noise stream: one uniform per galaxy (its noise scale) and (len(galaxy_ids), num) standard
+    normals (Box-Muller on pairs of uniforms)."""
+    from .masking import uniforms  # masking imports this module
+
+    u = uniforms(seed, epoch, galaxy_ids, 1 + 2 * num, stream=NOISE_STREAM)
+    radius = np.sqrt(-2.0 * np.log1p(-u[:, 1::2]))  # 1 - u lies in (0, 1]: the log is finite
+    return u[:, 0], radius * np.cos(2.0 * math.pi * u[:, 2::2])
+
+
+def noisy_photometry(columns, config, seed: int, epoch: int, galaxy_ids) -> tuple[dict, dict]:
+    """One noise realisation of the config's noisy modalities -> ({name: asinh magnitudes (B, L)},
+    {name: their 1-sigma errors in asinh magnitudes (B, L)}), the errors evaluated at the noisy flux (what an
+    observer knows). NaN true fluxes stay NaN (missing)."""
+    names = [n for n in NOISY_MODALITIES if n in config.modalities]
+    for column in noise_columns(config):
+        if column not in columns:
+            raise ValueError(f"batch: noise_on_the_fly needs the column {column!r}, which the batch lacks")
+    lengths = [MODALITIES[n].length for n in names]
+    u_scale, normals = noise_draws(seed, epoch, galaxy_ids, sum(lengths))
+    low, high = config.noise_scale
+    scale = (low + (high - low) * u_scale)[:, None]
+    magnitudes, errors = {}, {}
+    for name, start in zip(names, np.cumsum([0, *lengths[:-1]])):
+        softening = MODALITIES[name].softening_njy
+        true = np.asarray(columns[f"{name}_flux_true"], dtype=np.float64)
+        error = scale * np.asarray(columns[f"{name}_flux_err"], dtype=np.float64)
+        flux = true + error * normals[:, start:start + MODALITIES[name].length]
+        magnitudes[name] = asinh_magnitude(flux, softening).astype(np.float32)
+        errors[name] = asinh_magnitude_error(flux, error, softening).astype(np.float32)
+    return magnitudes, errors
+
+
+__all__ = ["NOISY_MODALITIES", "asinh_magnitude_error", "noise_columns", "noise_draws", "noisy_photometry"]

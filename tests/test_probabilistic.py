@@ -1,0 +1,366 @@
+"""The gaussian head, measurement errors as inputs, on-the-fly noise and `mosaic-predict`: toy problems whose
+answers are known (heteroscedastic noise, a bimodal redshift, a band with a huge error), the maths of the
+predictive summaries, and the plumbing (remote-code reload, CLI, qp export)."""
+
+import sysconfig
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import test_remote_code
+import torch
+
+from modeling_mosaic import (
+    MODALITIES,
+    MosaicConfig,
+    MosaicMaskingCollator,
+    MosaicModel,
+    predict_cli,
+)
+from modeling_mosaic.modalities import asinh_magnitude
+from modeling_mosaic.modeling_mosaic import learning_quantile, physical_moments
+from modeling_mosaic.noise import asinh_magnitude_error, noise_columns
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+GRID = np.linspace(0.0, 3.5, 351)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_toy(config, columns, shown, steps, errors=None):
+    """Fit a fresh model on fixed masks (the `shown` modalities in, the rest scored); returns (model in eval
+    mode, losses per step)."""
+    config.set_normalization_from_data(columns)
+    torch.manual_seed(0)
+    model = MosaicModel(config)
+    values = torch.from_numpy(config.flatten(columns))
+    input_mask = torch.zeros_like(values, dtype=torch.bool)
+    for name in shown:
+        input_mask[:, config.modality_slices[name]] = True
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(steps):
+        rows = slice((step % 32) * 256, (step % 32 + 1) * 256)
+        loss = model(values[rows], input_mask[rows], errors=None if errors is None else errors[rows]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return model.eval(), np.array(losses)
+
+
+def random_columns(rng, n):
+    return {
+        "redshift": rng.uniform(0.05, 3.0, n),
+        "log_halo_mass": rng.uniform(11.0, 14.0, n),
+        "log_stellar_mass": rng.uniform(8.0, 11.0, n),
+        "sfh": rng.uniform(0.0, 20.0, (n, 100)),
+        "sed": 10.0 ** rng.uniform(26.0, 29.0, (n, 256)),
+        "lsst": rng.normal(25.0, 1.0, (n, 6)),
+        "spherex": rng.normal(23.0, 1.0, (n, 102)),
+    }
+
+
+@pytest.fixture(scope="module")
+def gaussian_model():
+    torch.manual_seed(0)
+    return MosaicModel(MosaicConfig(**TINY, head_type="gaussian", error_inputs=True)).eval()
+
+
+# ------------------------------------------------------------------------------------------- toy problems
+def test_heteroscedastic_noise_is_recovered():
+    """y = 0.8 x + 0.5 + sigma(x) eps with sigma varying 5x over x: the NLL falls and the predicted std
+    matches sigma(x) (median ratio over a grid within 10%, every point within 25%)."""
+    rng = np.random.default_rng(0)
+
+    def sigma(x):
+        return 0.05 + 0.2 * (x - 11.0) / 3.0
+
+    x = rng.uniform(11.0, 14.0, 8192)
+    columns = {"log_halo_mass": x, "log_stellar_mass": 0.8 * x + 0.5 + sigma(x) * rng.normal(size=x.size)}
+    config = MosaicConfig(modalities=["log_halo_mass", "log_stellar_mass"], head_type="gaussian", **TINY)
+    model, losses = train_toy(config, columns, ["log_halo_mass"], steps=600)
+    assert losses[-32:].mean() < losses[:10].mean() - 1.0
+
+    grid = np.linspace(11.2, 13.8, 27)
+    out = model.predict({"log_halo_mass": grid}, targets=["log_stellar_mass"], return_uncertainty=True)
+    ratio = out["log_stellar_mass_std"] / sigma(grid)
+    assert abs(np.median(ratio) - 1.0) < 0.1
+    assert np.all(np.abs(ratio - 1.0) < 0.25)
+    # stellar mass is learned linearly: the distribution is Gaussian, mean = median, p16/p84 = mean -+ std
+    np.testing.assert_allclose(out["log_stellar_mass"], out["log_stellar_mass_p50"], atol=1e-5)
+    np.testing.assert_allclose(out["log_stellar_mass_p84"] - out["log_stellar_mass"],
+                               out["log_stellar_mass_std"] * 0.9944579, rtol=1e-4)
+
+
+def test_bimodal_redshift_is_recovered_as_two_modes():
+    """Identical inputs, z = 0.5 or 2.0 by a hidden coin: the posterior has two separated modes of about equal
+    mass, and the samples split the same way."""
+    rng = np.random.default_rng(1)
+    n = 8192
+    z = np.where(rng.random(n) < 0.5, 0.5, 2.0) * (1.0 + 0.01 * rng.normal(size=n))
+    columns = {"redshift": z, "log_halo_mass": rng.uniform(11.0, 14.0, n)}
+    config = MosaicConfig(modalities=["redshift", "log_halo_mass"], head_type="gaussian", **TINY)
+    model, losses = train_toy(config, columns, ["log_halo_mass"], steps=400)
+    assert losses[-32:].mean() < losses[:10].mean()
+
+    out = model.predict({"log_halo_mass": np.linspace(11.5, 13.5, 5)}, targets=["redshift"],
+                        return_uncertainty=True, num_samples=400)
+    pdf = out["redshift_pdf"]
+    assert pdf.shape == (5, GRID.size)
+    np.testing.assert_allclose(np.trapezoid(pdf, GRID, axis=1), 1.0, rtol=1e-4)
+    low, high = GRID < 1.25, GRID >= 1.25
+    mass_low = np.trapezoid(np.where(low, pdf, 0.0), GRID, axis=1)
+    assert np.all((mass_low > 0.35) & (mass_low < 0.65))
+    np.testing.assert_allclose(GRID[np.argmax(np.where(low, pdf, 0.0), axis=1)], 0.5, atol=0.05)
+    np.testing.assert_allclose(GRID[np.argmax(np.where(high, pdf, 0.0), axis=1)], 2.0, atol=0.1)
+    valley = pdf[:, np.argmin(np.abs(GRID - 1.25))]
+    assert np.all(valley < 0.05 * pdf.max(axis=1))  # two separated modes, not one broad hump
+    assert np.all(np.abs((out["redshift_samples"] < 1.25).mean(axis=1) - mass_low) < 0.1)
+    assert np.all((out["redshift_p16"] < 0.6) & (out["redshift_p84"] > 1.9))
+
+
+def test_a_band_with_a_huge_error_counts_less():
+    """mass = mean of six true magnitudes, each observed with its own error: shifting a band by 1 mag moves
+    the prediction by ~1/6 when that band is precise and by far less when its error is 3 mag."""
+    rng = np.random.default_rng(2)
+    n = 8192
+    true = rng.normal(25.0, 1.0, (n, 6))
+    sigma = 10.0 ** rng.uniform(-2.0, 0.5, (n, 6))
+    columns = {"log_stellar_mass": 10.0 + true.mean(axis=1) - 25.0, "lsst": true + sigma * rng.normal(size=(n, 6))}
+    config = MosaicConfig(modalities=["log_stellar_mass", "lsst"], error_inputs=True, **TINY)
+    errors = torch.full((n, config.num_elements), float("nan"))
+    errors[:, config.modality_slices["lsst"]] = torch.from_numpy(sigma).float()
+    model, _ = train_toy(config, columns, ["lsst"], steps=400, errors=errors)
+
+    def shift_response(band_error):
+        lsst = np.full((2, 6), 25.0)
+        lsst[1, 0] += 1.0
+        error = np.full((2, 6), 0.02)
+        error[:, 0] = band_error
+        mass = model.predict({"lsst": lsst}, targets=["log_stellar_mass"], errors={"lsst": error})["log_stellar_mass"]
+        return mass[1] - mass[0]
+
+    precise, noisy = shift_response(0.02), shift_response(3.0)
+    assert abs(precise - 1 / 6) < 0.05
+    assert abs(noisy) < 0.3 * precise
+
+
+# ------------------------------------------------------------------------- the summaries' mathematics
+def test_physical_moments_and_quantiles_of_a_log_gaussian_are_exact():
+    """sfh is learned as log10(x + 1e-3): for y ~ N(mu, s), E[x] = 10^mu exp((s ln10)^2 / 2) - 1e-3, and the
+    percentiles are the transformed Gaussian percentiles."""
+    sfh = MODALITIES["sfh"]
+    mu, s = np.array([[[0.5]], [[-1.0]]]), np.array([[[0.3]], [[0.1]]])
+    mean, std = physical_moments(sfh, np.ones_like(mu), mu, s)
+    k = (s * np.log(10.0)) ** 2
+    expected_mean = 10 ** mu * np.exp(k / 2) - 1e-3
+    expected_std = 10 ** mu * np.sqrt(np.exp(k) * (np.exp(k) - 1))
+    np.testing.assert_allclose(mean, expected_mean[..., 0], rtol=1e-9)
+    np.testing.assert_allclose(std, expected_std[..., 0], rtol=1e-6)
+    np.testing.assert_allclose(learning_quantile(np.ones_like(mu), mu, s, 0.84), (mu + 0.9944579 * s)[..., 0],
+                               rtol=1e-6)
+    # a two-component mixture of identical Gaussians has the one Gaussian's quantiles (bisection path)
+    two = np.concatenate([mu, mu], axis=-1), np.concatenate([s, s], axis=-1)
+    np.testing.assert_allclose(learning_quantile(np.full((2, 1, 2), 0.5), *two, 0.16),
+                               learning_quantile(np.ones_like(mu), mu, s, 0.16), atol=1e-12)
+
+
+def test_uncertainty_outputs_have_the_right_keys_shapes_and_are_never_nan(gaussian_model):
+    rng = np.random.default_rng(3)
+    columns = random_columns(rng, 5)
+    for special in (np.nan, np.inf, 1e30, -1e30):
+        lsst = columns["lsst"].copy()
+        lsst[rng.random(lsst.shape) < 0.4] = special
+        errors = np.abs(rng.normal(0.1, 1.0, (5, 6)))
+        errors[0, 0] = np.nan
+        out = gaussian_model.predict({"lsst": lsst, "redshift": np.where(np.arange(5) < 2, 1.0, np.nan)},
+                                     targets=["redshift", "sfh", "log_stellar_mass"], return_uncertainty=True,
+                                     num_samples=3, errors={"lsst": errors})
+        for name, shape in (("redshift", (5,)), ("log_stellar_mass", (5,)), ("sfh", (5, 100))):
+            for suffix in ("", "_std", "_p16", "_p50", "_p84"):
+                assert out[name + suffix].shape == shape, name + suffix
+            assert out[f"{name}_samples"].shape == (*shape, 3)
+        assert out["redshift_pdf"].shape == (5, GRID.size)
+        assert not any(np.isnan(v).any() for v in out.values()), special
+        assert np.all(out["sfh_p16"] <= out["sfh_p50"]) and np.all(out["sfh_p50"] <= out["sfh_p84"])
+        assert np.all(out["sfh_std"] >= 0) and np.all(out["sfh_p16"] >= 0)  # a rate is never negative
+        # the rows where redshift was given come back as given, with zero spread and a one-point pdf
+        np.testing.assert_array_equal(out["redshift"][:2], 1.0)
+        np.testing.assert_array_equal(out["redshift_std"][:2], 0.0)
+        np.testing.assert_array_equal(out["redshift_samples"][:2], 1.0)
+        assert np.all(GRID[out["redshift_pdf"][:2].argmax(axis=1)] == 1.0)
+
+
+def test_point_predictions_are_the_medians_and_samples_are_seeded(gaussian_model):
+    lsst = random_columns(np.random.default_rng(4), 6)["lsst"]
+    point = gaussian_model.predict({"lsst": lsst}, targets=["sfh", "redshift"])
+    full = gaussian_model.predict({"lsst": lsst}, targets=["sfh", "redshift"], return_uncertainty=True,
+                                  num_samples=5, seed=7)
+    np.testing.assert_allclose(point["sfh"], full["sfh_p50"], rtol=1e-5)  # median of a monotonic transform
+    assert set(point) == {"sfh", "redshift"}
+    again = gaussian_model.predict({"lsst": lsst}, targets=["sfh", "redshift"], num_samples=5, seed=7)
+    np.testing.assert_array_equal(again["sfh_samples"], full["sfh_samples"])
+    other = gaussian_model.predict({"lsst": lsst}, targets=["sfh", "redshift"], num_samples=5, seed=8)
+    assert not np.array_equal(other["sfh_samples"], full["sfh_samples"])
+
+
+def test_gaussian_forward_shapes_and_hidden_values_and_errors_do_not_leak(gaussian_model):
+    rng = np.random.default_rng(5)
+    values = torch.from_numpy(gaussian_model.config.flatten(random_columns(rng, 4)))
+    input_mask = torch.from_numpy(rng.random(values.shape) < 0.5)
+    errors = torch.from_numpy(rng.random(values.shape)).float()
+    reference = gaussian_model(values, input_mask, errors=errors)
+    k = gaussian_model.config.redshift_mixture_components
+    assert reference.log_variances.shape == values.shape and reference.redshift_mixture.shape == (4, 3, k)
+    assert torch.isfinite(reference.loss)
+    hidden = ~input_mask
+    changed = gaussian_model(torch.where(hidden, 7.0, values), input_mask,
+                             errors=torch.where(hidden, 100.0, errors))
+    for key in ("predictions", "log_variances", "redshift_mixture", "last_hidden_state"):
+        assert torch.equal(changed[key], reference[key]), key
+    shown_error_changed = gaussian_model(values, input_mask, errors=torch.where(input_mask, 5.0, errors))
+    assert not torch.equal(shown_error_changed.predictions, reference.predictions)
+    assert {"log_variances", "redshift_mixture"} <= set(gaussian_model.config.keys_to_ignore_at_inference)
+
+
+def test_point_head_refuses_uncertainty_and_bad_arguments_are_named(gaussian_model):
+    point = MosaicModel(MosaicConfig(**TINY)).eval()
+    lsst = np.full((2, 6), 25.0)
+    for kwargs in ({"return_uncertainty": True}, {"num_samples": 3}, {"redshift_grid": GRID}):
+        with pytest.raises(ValueError, match="has none .head_type='point'"):
+            point.predict({"lsst": lsst}, **kwargs)
+    with pytest.raises(ValueError, match="without error inputs"):
+        point.predict({"lsst": lsst}, errors={"lsst": lsst})
+    with pytest.raises(ValueError, match="not among the given inputs"):
+        gaussian_model.predict({"lsst": lsst}, errors={"spherex": np.ones((2, 102))})
+    with pytest.raises(ValueError, match="redshift_grid must be"):
+        gaussian_model.predict({"lsst": lsst}, targets=["redshift"], redshift_grid=[1.0, 0.5])
+    with pytest.raises(ValueError, match="head_type"):
+        MosaicConfig(head_type="laplace")
+
+
+# ------------------------------------------------------------------------------------ on-the-fly noise
+def noisy_batch(n, flux=1.0e4, error=100.0):
+    return {
+        "galaxy_id": np.arange(n) * 7 + 3,
+        "redshift": np.full(n, 0.5),
+        "lsst_flux_true": np.full((n, 6), flux),
+        "lsst_flux_err": np.full((n, 6), error),
+    }
+
+
+def test_on_the_fly_noise_is_reproducible_and_standard_normal():
+    config = MosaicConfig(modalities=["redshift", "lsst"], noise_on_the_fly=True, error_inputs=True)
+    assert noise_columns(config) == ["lsst_flux_true", "lsst_flux_err"]
+    collator = MosaicMaskingCollator(config, seed=3)
+    batch = noisy_batch(3000)
+    first = collator(batch)
+    softening = MODALITIES["lsst"].softening_njy
+    magnitudes = first["values"][:, 1:].numpy().astype(np.float64)
+    errors = first["errors"][:, 1:].numpy().astype(np.float64)
+    pull = (magnitudes - asinh_magnitude(batch["lsst_flux_true"], softening)) / errors
+    assert abs(pull.mean()) < 0.03 and abs(pull.std() - 1.0) < 0.03  # 18000 draws: 4-5 sigma bounds
+    np.testing.assert_allclose(errors, asinh_magnitude_error(batch["lsst_flux_true"], 100.0, softening), rtol=0.05)
+    assert torch.isnan(first["errors"][:, 0]).all()  # redshift has no measurement error
+
+    # a galaxy's draw is a function of (seed, epoch, galaxy_id) only: same in another batch, new next epoch
+    subset = {k: v[[10, 2, 7]] for k, v in batch.items()}
+    again = MosaicMaskingCollator(config, seed=3)(subset)
+    torch.testing.assert_close(again["values"], first["values"][[10, 2, 7]], rtol=0, atol=0)
+    torch.testing.assert_close(again["errors"], first["errors"][[10, 2, 7]], rtol=0, atol=0, equal_nan=True)
+    rows = [{k: v[i] for k, v in subset.items()} for i in range(3)]  # a list of rows collates the same
+    torch.testing.assert_close(MosaicMaskingCollator(config, seed=3)(rows)["values"], again["values"], rtol=0, atol=0)
+    collator.set_epoch(1)
+    assert not torch.equal(collator(batch)["values"], first["values"])
+
+
+def test_noise_scale_zero_gives_the_true_magnitudes_and_missing_columns_are_named():
+    config = MosaicConfig(modalities=["redshift", "lsst"], noise_on_the_fly=True, noise_scale=(0.0, 0.0))
+    batch = noisy_batch(4)
+    out = MosaicMaskingCollator(config)(batch)
+    expected = asinh_magnitude(batch["lsst_flux_true"], MODALITIES["lsst"].softening_njy)
+    np.testing.assert_allclose(out["values"][:, 1:].numpy(), expected, rtol=1e-6)
+    assert "errors" not in out  # the model does not take errors
+    with pytest.raises(ValueError, match="lsst_flux_err"):
+        MosaicMaskingCollator(config)({k: v for k, v in batch.items() if k != "lsst_flux_err"})
+
+
+# ------------------------------------------------------------------------------- reload and the CLI
+GAUSSIAN_CHILD = test_remote_code.CHILD.replace(
+    "np.savez(checkpoint + f\"/{route}.npz\", ",
+    "full = model.predict({'lsst': data['lsst']}, targets=['redshift', 'sfh'], return_uncertainty=True)\n"
+    "np.savez(checkpoint + f\"/{route}.npz\", log_variances=out.log_variances.detach().numpy(), "
+    "mixture=out.redshift_mixture.detach().numpy(), redshift_pdf=full['redshift_pdf'], sfh_std=full['sfh_std'], ")
+
+
+def test_gaussian_checkpoint_reloads_identically_by_remote_code(tmp_path, monkeypatch):
+    assert GAUSSIAN_CHILD != test_remote_code.CHILD
+    torch.manual_seed(0)
+    model = MosaicModel(MosaicConfig(**TINY, head_type="gaussian", error_inputs=True)).eval()
+    model.save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    values = rng.normal(20.0, 3.0, (5, model.config.num_elements)).astype(np.float32)
+    input_mask = rng.random(values.shape) < 0.5
+    lsst = rng.normal(25.0, 1.0, (5, 6)).astype(np.float32)
+    np.savez(tmp_path / "inputs.npz", values=values, input_mask=input_mask, lsst=lsst)
+    out = model(torch.from_numpy(values), torch.from_numpy(input_mask))
+    full = model.predict({"lsst": lsst}, targets=["redshift", "sfh"], return_uncertainty=True)
+    monkeypatch.setattr(test_remote_code, "CHILD", GAUSSIAN_CHILD)
+    site_packages = [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]
+    got = test_remote_code.run_child(tmp_path, "remote", ["-S"], site_packages)
+    expected = {"predictions": out.predictions, "log_variances": out.log_variances, "mixture": out.redshift_mixture}
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value.detach().numpy(), err_msg=key)
+    np.testing.assert_array_equal(got["redshift_pdf"], full["redshift_pdf"])
+    np.testing.assert_array_equal(got["sfh_std"], full["sfh_std"])
+
+
+def test_mosaic_predict_cli_writes_uncertainties_and_a_qp_ensemble(gaussian_model, tmp_path, capsys):
+    import qp
+
+    gaussian_model.save_pretrained(tmp_path / "model")
+    lsst = random_columns(np.random.default_rng(6), 4)["lsst"]
+    columns = {"galaxy_id": np.arange(4) + 100}
+    for j, band in enumerate(MODALITIES["lsst"].labels):
+        columns[f"lsst_{band}"] = lsst[:, j]
+        columns[f"lsst_{band}_err"] = np.full(4, 0.05)
+    pacsv.write_csv(pa.table(columns), tmp_path / "in.csv")
+    argv = ["--model", str(tmp_path / "model"), "--input", str(tmp_path / "in.csv"),
+            "--targets", "redshift", "log_stellar_mass", "--uncertainty", "--qp", str(tmp_path / "z.hdf5")]
+    assert predict_cli.main([*argv, "--output", str(tmp_path / "out.csv")]) == 0
+    table = pacsv.read_csv(tmp_path / "out.csv")
+    expected = gaussian_model.predict({"lsst": lsst}, targets=["redshift", "log_stellar_mass"],
+                                      return_uncertainty=True, errors={"lsst": np.full((4, 6), 0.05)})
+    assert table.column("galaxy_id").to_pylist() == [100, 101, 102, 103]
+    for key in ("redshift", "redshift_std", "redshift_p84", "log_stellar_mass_p16"):
+        np.testing.assert_allclose(table.column(key).to_numpy(), expected[key], rtol=1e-6)
+    ensemble = qp.read(str(tmp_path / "z.hdf5"))
+    assert ensemble.npdf == 4
+    np.testing.assert_allclose(ensemble.pdf(np.array([1.0]))[:, 0],
+                               expected["redshift_pdf"][:, np.argmin(np.abs(GRID - 1.0))], rtol=1e-4)
+
+    # Parquet: the vector as one list column, samples as list columns
+    pq.write_table(pa.table({"lsst": list(lsst), "lsst_err": list(np.full((4, 6), 0.05))}), tmp_path / "in.parquet")
+    assert predict_cli.main(["--model", str(tmp_path / "model"), "--input", str(tmp_path / "in.parquet"),
+                             "--output", str(tmp_path / "out.parquet"), "--targets", "redshift", "--samples", "3"]) == 0
+    written = pq.read_table(tmp_path / "out.parquet")
+    point = gaussian_model.predict({"lsst": lsst}, targets="redshift", errors={"lsst": np.full((4, 6), 0.05)})
+    np.testing.assert_allclose(written.column("redshift").to_numpy(), point["redshift"], rtol=1e-6)
+    assert np.asarray(written.column("redshift_samples").to_pylist()).shape == (4, 3)
+
+    del columns["lsst_y"]
+    pacsv.write_csv(pa.table(columns), tmp_path / "bad.csv")
+    with pytest.raises(SystemExit, match=r"bad.csv: 'lsst' needs all of its 6 columns; missing \['lsst_y'\]"):
+        predict_cli.main([*argv[:2], "--input", str(tmp_path / "bad.csv"), "--output", str(tmp_path / "b.csv")])
+    with pytest.raises(SystemExit, match="CSV cannot hold"):
+        predict_cli.main([*argv, "--output", str(tmp_path / "out.csv"), "--samples", "3"])
+    assert not (tmp_path / "b.csv").exists()
