@@ -279,7 +279,8 @@ def test_ablation_reports_every_convention_on_both_samples(evaluation):
     _, metrics, _, _ = evaluation
     ablation = metrics["sfh_convention_ablation"]
     conventions = ("sfr", "sfr_shape", "mass_formed", "mass_formed_shape")
-    assert set(ablation) == {*conventions, *(f"{c}, z<0.5" for c in conventions)}
+    # the fake catalog has no catalog.json, so its SFH convention is "unknown"
+    assert set(ablation) == {f"unknown SFH, {c}" for c in (*conventions, *(f"{c}, z<0.5" for c in conventions))}
     assert all(isinstance(g, float) and g < 1 for g in ablation.values())
 
 
@@ -287,7 +288,16 @@ def test_ablation_is_reproducible_from_the_catalog(evaluation, dataset):
     _, metrics, _, _ = evaluation
     columns = ("lsst", "sfh", "log_stellar_mass", "redshift")
     train, test = (read_split(dataset[0], split, columns) for split in ("train", "test"))
-    assert sfh_convention_ablation(train, test, max_train=200) == metrics["sfh_convention_ablation"]
+    expected = {f"unknown SFH, {k}": g for k, g in sfh_convention_ablation(train, test, max_train=200).items()}
+    assert expected == metrics["sfh_convention_ablation"]
+
+
+def test_sfh_convention_is_read_from_the_catalog(tmp_path):
+    from modeling_mosaic.evaluation.report import sfh_convention_of
+
+    assert sfh_convention_of(tmp_path) == "unknown"
+    (tmp_path / "catalog.json").write_text(json.dumps({"provenance": {"options": {"sfh_convention": "full"}}}))
+    assert sfh_convention_of(tmp_path) == "full"
 
 
 def test_sfh_conventions_integrate_on_the_registry_grid():

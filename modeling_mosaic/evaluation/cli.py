@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"threads of the baselines' estimators (default {THREADS})")
     parser.add_argument("--no-baselines", action="store_true", help="skip the single-task scikit-learn baselines")
     parser.add_argument("--no-ablation", action="store_true", help="skip the SFH-convention ablation")
+    parser.add_argument("--ablation-data", nargs="*", default=[], metavar="DIR",
+                        help="more catalogs for the ablation, e.g. the same one built with --sfh-convention full")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.add_argument("--batch-size", type=int, default=4096, help="galaxies per model.predict batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of every subsample and estimator")
@@ -52,7 +54,8 @@ def main(argv=None) -> int:
 
     run_evaluation(
         load_model(args.model), args.data, args.out, max_test=args.max_test, baselines=not args.no_baselines,
-        figures=not args.no_figures, ablation=not args.no_ablation, seed=args.seed, batch_size=args.batch_size,
+        figures=not args.no_figures, ablation=not args.no_ablation, ablation_catalogs=args.ablation_data,
+        seed=args.seed, batch_size=args.batch_size,
         max_train=args.max_train, threads=args.threads, model_name=args.model,
     )
     print(f"report: {Path(args.out) / 'REPORT.md'}")

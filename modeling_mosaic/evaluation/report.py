@@ -81,6 +81,16 @@ def _column_to_numpy(array: pa.Array, name: str, source: str) -> np.ndarray:
     return out
 
 
+def sfh_convention_of(data_dir) -> str:
+    """The catalog's SFH convention ("observed": zero after the epoch, or "full") from its catalog.json;
+    "unknown" for a catalog without one (e.g. a bare Parquet folder)."""
+    path = Path(data_dir) / "catalog.json"
+    if not path.exists():
+        return "unknown"
+    options = json.loads(path.read_text()).get("provenance", {}).get("options", {})
+    return options.get("sfh_convention", "unknown")
+
+
 def _take(columns: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[rows] for k, v in columns.items()}
 
@@ -194,6 +204,7 @@ def run_evaluation(
     baselines: bool = True,
     figures: bool = True,
     ablation: bool = True,
+    ablation_catalogs=(),
     seed: int = 0,
     batch_size: int = 4096,
     max_train: int | None = MAX_TRAIN,
@@ -202,7 +213,9 @@ def run_evaluation(
 ) -> dict:
     """Evaluate `model` on DATA_DIR's test split, write OUT_DIR/metrics.json, REPORT.md and the PNG
     figures, and return the metrics. `max_test` subsamples the test rows (seeded); `max_train` caps the
-    training rows of the baselines and the ablation, `threads` their thread count."""
+    training rows of the baselines and the ablation, `threads` their thread count. `ablation_catalogs` are
+    more catalog folders (e.g. the same catalog built with the other SFH convention) whose ablation gains are
+    reported beside DATA_DIR's, each key prefixed with the catalog's SFH convention."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,9 +248,17 @@ def run_evaluation(
             tasks = [t for t in TASKS if t.condition in results]
             metrics["baselines"] = run_baselines(train, test, tasks, seed=seed, max_train=max_train, threads=threads)
         if ablation:
-            metrics["sfh_convention_ablation"] = sfh_convention_ablation(
-                train, test, seed=seed, max_train=max_train, threads=threads
-            )
+            gains = {}
+            for catalog in (data_dir, *ablation_catalogs):
+                if catalog == data_dir:
+                    catalog_train, catalog_test = train, test
+                else:
+                    catalog_train = read_split(catalog, "train", TRAIN_COLUMNS)
+                    catalog_test = read_split(catalog, "test", TRAIN_COLUMNS)
+                convention = sfh_convention_of(catalog)
+                gains.update({f"{convention} SFH, {name}": gain for name, gain in sfh_convention_ablation(
+                    catalog_train, catalog_test, seed=seed, max_train=max_train, threads=threads).items()})
+            metrics["sfh_convention_ablation"] = gains
     figure_files = {}
     if figures:
         figure_files = _write_figures(model, test, results, predictions, conditions, modalities, out_dir,
