@@ -36,3 +36,12 @@ def render(template: str, **fields: str) -> str:
         return str(fields[key])
 
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", fill, template)
+
+
+def replace_section(text: str, heading: str, body: str) -> str:
+    """Replace the body of the Markdown section `## heading` (up to the next `## `) with `body`; a card
+    without that section gets it appended."""
+    pattern = re.compile(rf"(^## {re.escape(heading)}\n)(.*?)(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        return pattern.sub(lambda m: m.group(1) + "\n" + body.strip() + "\n\n", text, count=1)
+    return text.rstrip() + f"\n\n## {heading}\n\n{body.strip()}\n"

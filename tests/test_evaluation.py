@@ -367,3 +367,12 @@ def test_cli_rejects_bad_arguments(tmp_path):
         cli.main(["--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="--max-test"):
         cli.main(["--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--max-test", "0"])
+
+
+def test_card_section_is_replaced_or_appended():
+    from modeling_mosaic.card import replace_section
+
+    card = "# M\n\n## Evaluation\n\nold numbers\n\n## Limitations\n\nsome\n"
+    new = replace_section(card, "Evaluation", "new numbers")
+    assert "old numbers" not in new and "new numbers" in new and new.index("new numbers") < new.index("## Limitations")
+    assert replace_section("# M\n", "Evaluation", "x").endswith("## Evaluation\n\nx\n")

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..card import replace_section
 from ..modalities import MODALITY_NAMES, get_modality
 from .baselines import MAX_TRAIN, TASKS, THREADS, run_baselines, sfh_convention_ablation, subsample_rows
 from .conditions import CONDITIONS, Condition
@@ -266,7 +267,22 @@ def run_evaluation(
     metrics["timing_s"]["total"] = round(time.perf_counter() - start, 3)
     write_text(json.dumps(metrics, indent=2, allow_nan=False), out_dir / "metrics.json")
     write_text(render_report(metrics, figure_files), out_dir / "REPORT.md")
+    card = Path(model_name) / "README.md" if model_name else None
+    if card is not None and card.is_file():
+        write_text(replace_section(card.read_text(), "Evaluation", card_summary(metrics)), card)
     return metrics
+
+
+def card_summary(metrics) -> str:
+    """The model card's evaluation section: headline gains and redshift / stellar-mass MAE per condition."""
+    lines = [f"`mosaic-evaluate` on {metrics['n_test']} test galaxies of `{metrics['data']}`.", "",
+             *_headline_section(metrics)[2:]]
+    rows = []
+    for condition, targets in metrics["conditions"].items():
+        cells = [_fmt(targets[n]["mae"]) if n in targets else "given" for n in ("redshift", "log_stellar_mass")]
+        rows.append([condition, *cells])
+    lines += ["MAE per input condition:", "", *_table(["condition", "redshift", "log_stellar_mass"], rows)]
+    return "\n".join(lines)
 
 
 def _write_figures(model, test, results, predictions, conditions, modalities, out_dir, batch_size, seed, metrics,

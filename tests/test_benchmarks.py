@@ -1,0 +1,120 @@
+"""The benchmark suite runs and reports sane numbers; its FLOP formula is exact; the GPU script's CPU fallback works
+without `datasets` or pyarrow. No test asserts a speed: speeds belong to the benchmark's own output."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from batches import model_config, synthetic_batches, synthetic_columns
+from common import log_log_slope, timed
+from training_speed import (
+    flop_counter_check,
+    forward_flops_per_sample,
+    training_flops_per_sample,
+)
+
+#: The headline numbers the issue asks every run to produce.
+HEADLINE = ("train_mfu_fp32", "infer_redshift_lsst_per_s", "knn_predict_per_s", "catalog_galaxies_per_s",
+            "data_path_fraction", "train_peak_rss_gb")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--out", str(out),
+                           "--gpu-results", str(out / "none.json")],
+                          check=False, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "results.json").read_text()), (out / "RESULTS.md").read_text()
+
+
+def test_quick_suite_headline_numbers_are_finite_and_positive(quick):
+    results, _ = quick
+    for key in HEADLINE:
+        value = results["summary"][key]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+
+
+def test_quick_suite_ratios_are_consistent(quick):
+    results, markdown = quick
+    demo = results["train_demo"]
+    fp32 = demo["fp32"]
+    assert fp32["mfu"] == pytest.approx(fp32["achieved_flops_per_s"] / demo["matmul"]["float32"]["flops_per_s"])
+    assert fp32["samples_per_s"] * fp32["step_s"] == pytest.approx(fp32["batch_size"])
+    assert results["summary"]["data_path_fraction"] == pytest.approx(results["data_path"]["batch_s"] / fp32["step_s"])
+    assert demo["flop_counter"]["ratio_counted_to_analytic"] == pytest.approx(1.0, rel=1e-9)
+    # every measurement ran in its own process and reported its own peak memory
+    for key in ("train_demo", "train_paper", "data_path", "inference", "catalog_data"):
+        assert results[key]["peak_rss_gb"] > 0
+    for key in results["targets"]:
+        assert key in markdown
+    assert "GPU" in markdown and "Pending" in markdown
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo"])
+def test_training_flops_formula_matches_the_flop_counter(preset):
+    # On the eager path FlopCounterMode sees every matrix product of a forward + backward.
+    config = model_config(preset, attn_implementation="eager")
+    batch = synthetic_batches(config, 4, 1)[0]
+    check = flop_counter_check(config, batch)
+    assert check["counted"] == pytest.approx(check["analytic"], rel=1e-9)
+
+
+def test_inference_flops_scale_with_the_tokens_asked_for():
+    config = model_config("demo")
+    two, four = forward_flops_per_sample(config, tokens=2), forward_flops_per_sample(config, tokens=4)
+    assert 2 * two < four < 2.2 * two  # linear in tokens plus the (small) attention term, which is quadratic
+    assert training_flops_per_sample(config) > 2 * forward_flops_per_sample(config)
+
+
+def test_synthetic_columns_are_in_the_catalog_layout():
+    config = model_config("tiny")
+    columns = synthetic_columns(config, 50, seed=3)
+    flat = config.flatten(columns)
+    assert flat.shape == (50, config.num_elements)
+    assert set(columns) == {*config.modalities, "galaxy_id"}
+    assert synthetic_columns(config, 50, seed=3)["lsst"].tobytes() == columns["lsst"].tobytes()
+
+
+def test_log_log_slope_recovers_a_power_law():
+    x = [10.0, 50.0, 200.0]
+    assert log_log_slope(x, [3.0 * v**1.5 for v in x]) == pytest.approx(1.5)
+
+
+def test_timed_rejects_no_repeats():
+    with pytest.raises(ValueError, match="repeats"):
+        timed(lambda: None, repeats=0)
+
+
+def test_gpu_script_cpu_fallback_needs_neither_datasets_nor_pyarrow(tmp_path):
+    out = tmp_path / "gpu.json"
+    script = (
+        "import runpy, sys\n"
+        "sys.modules['datasets'] = None\n"  # importing either now raises ImportError
+        "sys.modules['pyarrow'] = None\n"
+        f"sys.argv = ['gpu.py', '--device', 'cpu', '--config', 'tiny', '--steps', '2', '--out', {str(out)!r}]\n"
+        f"runpy.run_path({str(BENCHMARKS / 'gpu.py')!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (result["device_type"], result["precision"], result["compiled"]) == ("cpu", "fp32", False)
+    assert result["samples_per_s"] * result["step_s"] == pytest.approx(result["batch_size"])
+    assert result["epoch_s_paper_train_set"] == pytest.approx(185_247 / result["samples_per_s"])
+    assert result["mfu"] == pytest.approx(result["achieved_flops_per_s"] / result["matmul_flops_per_s"])
+    assert math.isfinite(result["final_loss"])
+
+
+def test_gpu_script_rejects_bad_arguments():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu.py"), "--steps", "0"], check=False,
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode != 0 and "--steps" in done.stderr
