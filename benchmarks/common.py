@@ -1,0 +1,153 @@
+"""What every benchmark shares: medians after warm-up, the matrix-multiply ceiling, the machine's description,
+one subprocess per measurement (so peak memory does not mix) and the log-log slope of a scaling series.
+
+The helpers import torch lazily: the catalog workers never load it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+#: The line prefix under which a worker prints its JSON result (anything else it prints is ignored).
+RESULT_MARKER = "BENCHMARK-RESULT "
+
+
+def timed(fn, repeats: int = 5, warmup: int = 1, synchronize=None) -> dict:
+    """Run `fn` `warmup` times untimed, then `repeats` times: {"median_s", "min_s", "runs_s"}.
+
+    `synchronize` (e.g. torch.cuda.synchronize) is called before each clock read, for asynchronous devices.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    sync = synchronize or (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        runs.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(runs), "min_s": min(runs), "runs_s": [round(r, 6) for r in runs]}
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu", repeats: int = 5) -> dict:
+    """FLOP/s of an (m, k) x (k, n) matrix product (2mkn FLOPs), median over `repeats` after one warm-up;
+    the ceiling every training and inference speed of the same process is compared with."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    a = torch.randn(m, k, device=device).to(dt)
+    b = torch.randn(k, n, device=device).to(dt)
+    out = torch.empty(m, n, device=device, dtype=dt)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    # Enough products per timed call that one call lasts ~0.1 s at 100 GFLOP/s (GPU: the same in count).
+    inner = max(1, int(1e10 / (2.0 * m * k * n)))
+
+    def run():
+        for _ in range(inner):
+            torch.mm(a, b, out=out)
+
+    timing = timed(run, repeats=repeats, warmup=1, synchronize=sync)
+    return {"shape": [m, k, n], "dtype": dtype, "flops_per_s": 2.0 * m * k * n * inner / timing["median_s"],
+            "median_s": timing["median_s"] / inner}
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment() -> dict:
+    """The machine and software a result was measured on, with the thread counts and the BLAS in use."""
+    import numpy as np
+
+    info = {
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "hostname": platform.node(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE",
+                                               "OPENBLAS_L2_SIZE")},
+    }
+    try:
+        import torch
+
+        config = torch.__config__.show()
+        info.update(
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            torch_interop_threads=torch.get_num_interop_threads(),
+            torch_blas=next((p.split("=", 1)[1] for p in config.replace(",", " ").split()
+                             if p.startswith("BLAS_INFO=")), "unknown"),
+            torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            mkldnn=torch.backends.mkldnn.is_available(),
+            cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        )
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def log_log_slope(x, y) -> float:
+    """Least-squares slope of log(y) against log(x): 1 is linear scaling, 0 constant."""
+    lx, ly = [math.log(v) for v in x], [math.log(v) for v in y]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def run_isolated(task: str, timeout: float = 1800.0, **params) -> dict:
+    """Run `task` ("module.function" in benchmarks/) with keyword `params` in a fresh Python process and return
+    its result, plus that process's own peak resident memory (`peak_rss_gb`) and wall time (`process_s`)."""
+    command = [sys.executable, str(HERE / "run.py"), "--worker", task, "--params", json.dumps(params)]
+    start = time.perf_counter()
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    elapsed = time.perf_counter() - start
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark worker {task} {params} failed (exit {done.returncode}):\n"
+                           f"{done.stderr[-4000:]}")
+    result = json.loads(lines[-1][len(RESULT_MARKER):])
+    result["process_s"] = round(elapsed, 2)
+    return result
+
+
+def run_worker(task: str, params: dict) -> None:
+    """The child side of `run_isolated`: call the task and print its result with the peak memory."""
+    import importlib
+
+    module_name, function_name = task.rsplit(".", 1)
+    function = getattr(importlib.import_module(module_name), function_name)
+    result = function(**params)
+    result["peak_rss_gb"] = round(peak_rss_gb(), 3)
+    print(RESULT_MARKER + json.dumps(result), flush=True)

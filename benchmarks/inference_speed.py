@@ -1,0 +1,122 @@
+"""Inference speed: galaxies/s of `MosaicModel.predict` for redshift from LSST and for stellar mass from LSST +
+SPHEREx (batch throughput and single-row latency), beside the k-NN and gradient-boosting baselines of
+evaluation/baselines.py fitted on the train split and predicting the same rows.
+
+The model's weights are freshly initialised: its speed does not depend on their values. Test rows are tiled to
+`rows` galaxies so that throughput is measured on full 4096-row chunks.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+from batches import model_config
+from common import matmul_rate, timed
+from training_speed import flop_terms
+
+#: (name, target, condition of evaluation/conditions.py) of each timed query.
+QUERIES = (("redshift_lsst", "redshift", "lsst"), ("stellar_mass_lsst_spherex", "log_stellar_mass", "lsst+spherex"))
+
+
+def _split_columns(catalog: str, split: str, names, cache_dir) -> dict:
+    from modeling_mosaic.catalog.io import load_catalog
+
+    dataset = load_catalog(catalog, split=split, cache_dir=cache_dir).with_format("numpy", columns=list(names))
+    return dict(dataset[:])
+
+
+def _tile(columns: dict, rows: int) -> dict:
+    """Repeat the rows cyclically to exactly `rows` rows."""
+    index = np.arange(rows) % len(next(iter(columns.values())))
+    return {k: v[index] for k, v in columns.items()}
+
+
+def model_query_speed(model, inputs: dict, target: str, repeats: int, single_repeats: int) -> dict:
+    """Batch galaxies/s and single-row latency of one `predict` query, with the transformer blocks' share of the
+    batch time (the rest: input flattening, normalisation, embeddings, heads, conversion to physical units)."""
+    from modeling_mosaic.modalities import MODALITIES
+
+    rows = len(next(iter(inputs.values())))
+    batch = timed(lambda: model.predict(inputs, targets=[target]), repeats=repeats, warmup=1)
+    one = {k: v[:1] for k, v in inputs.items()}
+    single = timed(lambda: model.predict(one, targets=[target]), repeats=single_repeats, warmup=3)
+    blocks = statistics.median(block_time(model, lambda: model.predict(inputs, targets=[target]))
+                               for _ in range(repeats))
+    tokens = sum(-(-MODALITIES[n].length // model.config.patch_sizes[n]) for n in {*inputs, target})
+    flops = flop_terms(model.config, tokens=tokens)["blocks"] * rows
+    return {"rows": rows, "tokens": tokens, "batch_s": batch["median_s"], "per_s": rows / batch["median_s"],
+            "single_row_latency_ms": 1e3 * single["median_s"], "blocks_s": blocks,
+            "blocks_fraction": blocks / batch["median_s"], "blocks_flops_per_s": flops / blocks}
+
+
+def block_time(model, fn) -> float:
+    """Seconds `fn` spends between entering the model's first transformer block and leaving its last."""
+    spent, entered = [0.0], [0.0]
+
+    def enter(module, args):
+        entered[0] = time.perf_counter()
+
+    def leave(module, args, output):
+        spent[0] += time.perf_counter() - entered[0]
+
+    handles = [model.blocks[0].register_forward_pre_hook(enter), model.blocks[-1].register_forward_hook(leave)]
+    try:
+        fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return spent[0]
+
+
+def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats: int, max_train: int) -> dict:
+    """Fit the evaluation's k-NN and gradient-boosting baselines on (at most `max_train`) train rows, as
+    evaluation/baselines.py does (its thread limit for fitting), and time their predictions on the test rows
+    (no thread limit: the same threads the model gets)."""
+    from threadpoolctl import threadpool_limits
+
+    from modeling_mosaic.evaluation.baselines import (
+        THREADS,
+        condition_features,
+        make_estimators,
+        subsample_rows,
+    )
+    from modeling_mosaic.evaluation.conditions import get_condition
+
+    cond = get_condition(condition)
+    y = np.asarray(train[target], dtype=np.float64)
+    rows = np.flatnonzero(np.isfinite(y))
+    rows = rows[subsample_rows(len(rows), max_train)]
+    X_train = condition_features(cond, {k: v[rows] for k, v in train.items()})
+    X_test = condition_features(cond, test)
+    out = {"n_train": len(rows), "rows": len(X_test)}
+    for name, estimator in make_estimators().items():
+        with threadpool_limits(THREADS):
+            estimator.fit(X_train, y[rows])
+        timing = timed(lambda e=estimator: e.predict(X_test), repeats=repeats, warmup=1)
+        out[name] = {"batch_s": timing["median_s"], "per_s": len(X_test) / timing["median_s"]}
+    return out
+
+
+def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None, rows: int = 20_000,
+                        repeats: int = 5, single_repeats: int = 30, max_train: int = 20_000) -> dict:
+    """Worker: every query of QUERIES for the model of configs/PRESET.yaml and for the baselines."""
+    import torch
+
+    from modeling_mosaic.evaluation.conditions import get_condition
+    from modeling_mosaic.modeling_mosaic import MosaicModel
+
+    config = model_config(preset, catalog=catalog)
+    torch.manual_seed(0)
+    model = MosaicModel(config).eval()
+    needed = sorted({n for _, target, cond in QUERIES for n in (target, *get_condition(cond).inputs_needed)})
+    train = _split_columns(catalog, "train", needed, cache_dir)
+    test = _tile(_split_columns(catalog, "test", needed, cache_dir), rows)
+    result = {"preset": preset, "threads": torch.get_num_threads(),
+              "matmul": matmul_rate(8192, config.hidden_size, 4 * config.hidden_size, repeats=repeats)}
+    for name, target, condition in QUERIES:
+        inputs = get_condition(condition).inputs(test)
+        result[name] = {"model": model_query_speed(model, inputs, target, repeats, single_repeats),
+                        "baselines": baseline_speed(train, test, target, condition, repeats, max_train)}
+    return result

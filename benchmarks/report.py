@@ -1,0 +1,179 @@
+"""results.json -> RESULTS.md: the machine, the targets, and one table per benchmark."""
+
+from __future__ import annotations
+
+
+def _g(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1e5 or (value != 0 and abs(value) < 1e-3):
+            return f"{value:.{digits}g}"
+        return f"{value:,.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_g(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _gflops(flops) -> float:
+    return flops / 1e9
+
+
+def environment_section(env: dict) -> str:
+    rows = [[k, v] for k, v in env.items() if k != "env"]
+    rows += [[f"env {k}", v if v is not None else "(unset)"] for k, v in env["env"].items()]
+    return "## Machine\n\n" + _table(["", "value"], rows)
+
+
+def targets_section(targets: dict) -> str:
+    rows = [[f"`{key}`", t["description"], t["goal"], t["value"], "met" if t["met"] else "**missed**"]
+            for key, t in targets.items()]
+    return "## Targets (2-core CPU)\n\n" + _table(["key", "target", "goal", "measured", ""], rows)
+
+
+def training_section(results: dict) -> str:
+    rows = []
+    for key in ("train_demo", "train_paper"):
+        r = results[key]
+        for precision, dtype in (("fp32", "float32"), ("bf16_autocast", "bfloat16")):
+            if precision not in r:
+                continue
+            s, ceiling = r[precision], r["matmul"][dtype]
+            rows.append([r["preset"], precision, s["batch_size"], s["step_s"], s["samples_per_s"],
+                         _gflops(s["achieved_flops_per_s"]), _gflops(ceiling["flops_per_s"]), s["mfu"],
+                         r["peak_rss_gb"]])
+    text = ("## Training: one optimiser step (forward, backward, clip, AdamW)\n\n"
+            + _table(["config", "precision", "batch", "step s", "samples/s", "achieved GFLOP/s",
+                      "matmul GFLOP/s", "MFU", "peak RSS GB"], rows))
+    check = results["train_demo"].get("flop_counter")
+    if check:
+        text += (f"\n\nFLOP formula check (demo, forward + backward): FlopCounterMode counts "
+                 f"{_g(check['ratio_counted_to_analytic'])} x the analytic 3 x forward.")
+    text += ("\n\nMFU = analytic training FLOPs per second / the fp32 (bf16) rate of an (B*T, H) x (H, 4H) "
+             "matmul measured in the same process. The paper config runs at a CPU-sized batch; its per-sample "
+             "FLOPs are those of batch 2048.")
+    return text
+
+
+def data_path_section(results: dict) -> str:
+    d, step = results["data_path"], results["train_demo"]["fp32"]["step_s"]
+    rows = [[d["batch_size"], d["batch_s"], d["samples_per_s"], step, d["batch_s"] / step, d["peak_rss_gb"]]]
+    return ("## Data path: ColumnarDataset + TrainingCollator alone\n\n"
+            + _table(["batch", "batch s", "samples/s", "demo step s", "fraction of step", "peak RSS GB"], rows))
+
+
+def inference_section(results: dict) -> str:
+    inf = results["inference"]
+    rows = []
+    for key in ("redshift_lsst", "stellar_mass_lsst_spherex"):
+        q = inf[key]
+        m = q["model"]
+        rows.append([key, "MOSAIC predict", m["rows"], m["per_s"], m["single_row_latency_ms"], m["blocks_fraction"]])
+        for name in ("knn", "hgb"):
+            rows.append([key, name, q["baselines"]["rows"], q["baselines"][name]["per_s"], None, None])
+    return ("## Inference (demo model)\n\n"
+            + _table(["query", "method", "rows", "galaxies/s", "single-row ms", "blocks' share"], rows)
+            + f"\n\nPeak RSS of the inference process (model, baselines, data): {_g(inf['peak_rss_gb'])} GB.")
+
+
+def catalog_section(results: dict) -> str:
+    rows = [[key, r["preset"], r["n"], r["total_s"], r["galaxies_per_s"], r["parquet_mb"], r["peak_rss_gb"]]
+            for key in ("catalog_paper", "catalog_data") if (r := results.get(key))]
+    text = ("## Catalog generation (build_catalog end to end, to Parquet)\n\n"
+            + _table(["run", "preset", "rows", "seconds", "galaxies/s", "Parquet MB", "peak RSS GB"], rows))
+    stages = results.get("catalog_stages")
+    if stages:
+        text += "\n\nPer-stage seconds per 1,000 galaxies:\n\n" + _table(
+            ["stage", "s / 1000"], list(stages["stage_s_per_1000_galaxies"].items()))
+    return text
+
+
+def scaling_section(results: dict) -> str:
+    gen = results["scaling_generation"]
+    text = ("## Scaling\n\nGeneration (nothing written) against N: exponent "
+            f"{_g(gen['exponent'])} (1 = linear).\n\n"
+            + _table(["N", "seconds", "galaxies/s", "peak RSS GB"],
+                     [[r["n"], r["generate_s"], r["galaxies_per_s"], r["peak_rss_gb"]] for r in gen["runs"]]))
+    tr = results["scaling_training"]
+    text += (f"\n\nTraining step (demo) against batch size: exponent {_g(tr['batch_size_exponent'])}.\n\n"
+             + _table(["batch", "step s", "GFLOP/s"],
+                      [[r["batch_size"], r["step_s"], _gflops(r["achieved_flops_per_s"])]
+                       for r in tr["by_batch_size"]]))
+    text += (f"\n\nTraining step against width (heads of 32, MLP 4x): exponent in width {_g(tr['width_exponent'])}, "
+             f"in FLOPs {_g(tr['width_flops_exponent'])}.\n\n"
+             + _table(["hidden", "GFLOP/step", "step s", "GFLOP/s"],
+                      [[r["hidden_size"], _gflops(r["flops_per_step"]), r["step_s"], _gflops(r["achieved_flops_per_s"])]
+                       for r in tr["by_width"]]))
+    return text
+
+
+def alternatives_section(results: dict) -> str:
+    alt = results.get("alternatives")
+    if not alt:
+        return ""
+    rows = [[name, v["step_s"], v["speedup"], v["samples_per_s"]] for name, v in alt["variants"].items()]
+    text = (f"## Alternatives (demo, batch {alt['batch_size']}): what a model-code change would buy\n\n"
+            + _table(["variant", "step s", "speed-up", "samples/s"], rows)
+            + "\n\nLoss difference against the baseline on the same weights and batch: "
+            + ", ".join(f"{k} {_g(v)}" for k, v in alt["loss_difference"].items())
+            + f". Building the (B, 1, T, T) float mask alone: {_g(alt['mask_build_ms'])} ms."
+            + "\n\nWhere a step's time goes (self CPU time, torch.profiler):\n\n"
+            + _table(["operator", "ms / step", "share"],
+                     [[p["op"], p["self_ms_per_step"], p["share"]] for p in alt["profile"]]))
+    return text
+
+
+def inference_alternatives_section(results: dict) -> str:
+    alt = results.get("inference_alternatives")
+    if not alt:
+        return ""
+    rows = [[name, v["per_s"], v["speedup"], v["max_dz_over_1pz"]] for name, v in alt["variants"].items()]
+    return (f"## Inference alternatives (redshift from LSST, {alt['rows']} synthetic galaxies, "
+            "untrained demo model)\n\n"
+            + _table(["variant", "galaxies/s", "speed-up", "max |dz|/(1+z) vs fp32"], rows))
+
+
+def gpu_section(results: dict) -> str:
+    gpu = results.get("gpu")
+    if not gpu:
+        return ("## GPU (paper config, bf16, torch.compile)\n\nPending: no GPU was lent to the session that ran this "
+                "suite. Run `bash benchmarks/gpu.sh` on a CUDA machine; it writes benchmarks/gpu_results.json, "
+                "which the next `run.py` includes here.")
+    rows = [[k, v] for k, v in gpu.items() if not isinstance(v, (dict, list))]
+    return "## GPU (paper config, bf16, torch.compile)\n\n" + _table(["", "value"], rows)
+
+
+def busy_warning(env: dict) -> str:
+    """A caveat when the machine was already loaded when the suite started (other jobs share its cores)."""
+    load, cores = env["load_average_1min_at_start"], env["cpu_count"]
+    if load < 0.5 * cores:
+        return ""
+    return (f"**Caveat: the machine was busy** (1-minute load average {load:g} on {cores} cores at the start): "
+            "other jobs competed for the cores, so absolute times are inflated and noisy, and multi-threaded "
+            "runs suffer most (OpenMP threads wait for descheduled siblings). Rerun on an idle machine before "
+            "drawing conclusions from single numbers.")
+
+
+def render_markdown(results: dict) -> str:
+    sections = [
+        f"# MOSAIC benchmarks ({results['plan']['name']} run, {results['environment']['date_utc']})",
+        "Produced by `python benchmarks/run.py" + (" --quick" if results["plan"]["name"] == "quick" else "")
+        + f"` in {results['suite_s']} s. Timings are medians after warm-up; speeds are also given as ratios to "
+        "ceilings measured in the same process. Raw numbers: results.json.",
+        busy_warning(results["environment"]),
+        targets_section(results["targets"]),
+        environment_section(results["environment"]),
+        training_section(results),
+        data_path_section(results),
+        inference_section(results),
+        catalog_section(results),
+        scaling_section(results),
+        alternatives_section(results),
+        inference_alternatives_section(results),
+        gpu_section(results),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
