@@ -74,7 +74,6 @@ def validate_options(options: CatalogOptions) -> None:
                 "CatalogOptions.sfh_model='diffstar' needs the optional 'diffstar' extra: "
                 "pip install 'mosaic-galaxy[diffstar]'"
             ) from None
-        raise NotImplementedError("CatalogOptions.sfh_model='diffstar' is not implemented yet; use 'parametric'")
 
 
 # ------------------------------------------------------------------------------------------ the machinery
@@ -104,10 +103,12 @@ def synthesis() -> Synthesis:
 
 
 def block_draws(options: CatalogOptions, block: int):
-    """All random draws of one block, in their fixed order: the galaxy population (BLOCK_SIZE rows) and the
-    standard-normal noise realisations of the LSST and SPHEREx fluxes."""
+    """All random draws of one block, in their fixed order: the galaxy population (BLOCK_SIZE rows, with the
+    chosen SFH model; Diffstar's jax key is itself drawn from the block's rng) and the standard-normal noise
+    realisations of the LSST and SPHEREx fluxes."""
     rng = np.random.default_rng([options.seed, block])
-    pop = physics.sample_population(rng, BLOCK_SIZE, options.z_max, options.log_halo_mass_min, synthesis().ssp)
+    sample = physics.sample_diffstar_population if options.sfh_model == "diffstar" else physics.sample_population
+    pop = sample(rng, BLOCK_SIZE, options.z_max, options.log_halo_mass_min, synthesis().ssp)
     lsst_draw = rng.standard_normal((BLOCK_SIZE, MODALITIES["lsst"].length))
     spherex_draw = rng.standard_normal((BLOCK_SIZE, MODALITIES["spherex"].length))
     return pop, lsst_draw, spherex_draw

@@ -199,6 +199,47 @@ class ParametricSFH:
         return ParametricSFH(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
 
+@dataclass(frozen=True)
+class TabulatedSFH:
+    """SFR tabulated on the registry's SFH_TIME_GYR (n, 100) in Msun/yr, linear between the points and zero
+    before the first; the formed mass is the exact integral of that piecewise-linear SFR, so the mass per SSP
+    age bin agrees with the stored table however narrow the bin."""
+
+    table: np.ndarray
+
+    def sfr(self, t_gyr) -> np.ndarray:
+        """(n, T) SFR in Msun/yr at cosmic times t (T,) or (n, T)."""
+        j, w, inside = self._locate(t_gyr)
+        return np.where(inside, self._lerp(self.table, j, w), 0.0)
+
+    def formed_mass(self, t_gyr) -> np.ndarray:
+        """(n, T) mass formed (Msun) before cosmic times t (T,) or (n, T)."""
+        grid = np.asarray(SFH_TIME_GYR)
+        step = np.diff(grid) * 1e9
+        cum = np.concatenate([np.zeros((self.table.shape[0], 1)),
+                              np.cumsum(0.5 * (self.table[:, 1:] + self.table[:, :-1]) * step, axis=1)], axis=1)
+        j, w, inside = self._locate(t_gyr)
+        start = np.take_along_axis(self.table, j, axis=1)
+        end = self._lerp(self.table, j, w)
+        partial = 0.5 * (start + end) * w * step[j]
+        return np.where(inside, np.take_along_axis(cum, j, axis=1) + partial, 0.0)
+
+    def _locate(self, t_gyr):
+        """Interval index j, fraction w within it (clamped after the last point), and t >= the first point."""
+        grid = np.asarray(SFH_TIME_GYR)
+        t = np.broadcast_to(np.asarray(t_gyr, dtype=np.float64), (self.table.shape[0], np.shape(t_gyr)[-1]))
+        q = np.clip(t, grid[0], grid[-1])
+        j = np.clip(np.searchsorted(grid, q) - 1, 0, grid.size - 2)
+        return j, (q - grid[j]) / (grid[j + 1] - grid[j]), t >= grid[0]
+
+    @staticmethod
+    def _lerp(table, j, w):
+        return np.take_along_axis(table, j, axis=1) * (1.0 - w) + np.take_along_axis(table, j + 1, axis=1) * w
+
+    def take(self, rows) -> TabulatedSFH:
+        return TabulatedSFH(self.table[rows])
+
+
 def _x_at_ssfr_age(g, p):
     """x such that sSFR x age = x^(p+1) e^-x / lower_gamma(p+1, x) equals g (decreasing in x; bisection)."""
     s = p + 1.0
@@ -309,7 +350,7 @@ class Population:
     log_sfr_100myr: np.ndarray
     quenched: np.ndarray
     mass_in_age_bins: np.ndarray  # (n, A) Msun formed in each SSP age bin
-    sfh: ParametricSFH
+    sfh: ParametricSFH | TabulatedSFH
 
     def take(self, rows) -> Population:
         return Population(**{f.name: getattr(self, f.name)[rows] if f.name != "sfh" else self.sfh.take(rows)
@@ -324,6 +365,23 @@ class Population:
         return sfr
 
 
+def _mass_in_age_bins(sfh, t_obs, ssp) -> np.ndarray:
+    """(n, A) Msun formed in each SSP age bin before the epoch t_obs."""
+    cum = sfh.formed_mass(t_obs[:, None] - ssp.age_edges[None, :] / 1e9)
+    return np.clip(cum[:, :-1] - cum[:, 1:], 0.0, None)
+
+
+def _population(z, t_obs, log_mh, log_ms, log_z, av, quenched, mass_bins, sfh) -> Population:
+    """Assemble a Population, adding the formed mass and the SFR averaged over the last 100 Myr."""
+    formed = sfh.formed_mass(np.stack([t_obs - 0.1, t_obs], axis=1))
+    sfr_100 = (formed[:, 1] - formed[:, 0]) / 1e8
+    return Population(
+        redshift=z, cosmic_time_gyr=t_obs, log_halo_mass=log_mh, log_stellar_mass=log_ms,
+        log_formed_mass=np.log10(formed[:, 1]), log_metallicity=log_z, dust_av=av,
+        log_sfr_100myr=np.log10(np.maximum(sfr_100, 1e-6)), quenched=quenched, mass_in_age_bins=mass_bins, sfh=sfh,
+    )
+
+
 def sample_population(rng, n: int, z_max: float, log_halo_mass_min: float, ssp) -> Population:
     """Draw n galaxies of the lightcone with the parametric SFH model; ssp gives the age bins and the
     surviving fractions that turn the target stellar mass into the SFH normalisation."""
@@ -334,15 +392,24 @@ def sample_population(rng, n: int, z_max: float, log_halo_mass_min: float, ssp) 
     log_z = mass_metallicity(log_ms, z) + METALLICITY_SCATTER * rng.standard_normal(n)
     av = dust_av(rng, log_ms, quenched)
 
-    cum = sfh.formed_mass(t_obs[:, None] - ssp.age_edges[None, :] / 1e9)
-    mass_bins = np.clip(cum[:, :-1] - cum[:, 1:], 0.0, None)
+    mass_bins = _mass_in_age_bins(sfh, t_obs, ssp)
     norm = 10**log_ms / (mass_bins * ssp.surviving_fraction(log_z)).sum(axis=1)
-    sfh = sfh.scaled(norm)
-    mass_bins = mass_bins * norm[:, None]
-    formed = sfh.formed_mass(np.stack([t_obs - 0.1, t_obs], axis=1))
-    sfr_100 = (formed[:, 1] - formed[:, 0]) / 1e8
-    return Population(
-        redshift=z, cosmic_time_gyr=t_obs, log_halo_mass=log_mh, log_stellar_mass=log_ms,
-        log_formed_mass=np.log10(formed[:, 1]), log_metallicity=log_z, dust_av=av,
-        log_sfr_100myr=np.log10(np.maximum(sfr_100, 1e-6)), quenched=quenched, mass_in_age_bins=mass_bins, sfh=sfh,
-    )
+    return _population(z, t_obs, log_mh, log_ms, log_z, av, quenched, mass_bins * norm[:, None], sfh.scaled(norm))
+
+
+def sample_diffstar_population(rng, n: int, z_max: float, log_halo_mass_min: float, ssp) -> Population:
+    """Draw n galaxies of the lightcone with Diffstar SFHs (the optional 'diffstar' extra): the SFH fixes the
+    stellar mass (formed mass x surviving fraction), which sets the metallicity (from the mass at solar
+    surviving fractions, a <0.05 dex difference) and the dust, as in the parametric model."""
+    from .diffstar_sfh import draw_diffstar_sfh
+
+    z, log_mh = sample_lightcone(rng, n, z_max, log_halo_mass_min)
+    t_obs = cosmology().age(z)
+    sfr, quenched = draw_diffstar_sfh(rng, log_mh, t_obs, SFH_TIME_GYR)
+    sfh = TabulatedSFH(sfr)
+    mass_bins = _mass_in_age_bins(sfh, t_obs, ssp)
+    log_ms_solar = np.log10((mass_bins * ssp.surviving_fraction(np.zeros(n))).sum(axis=1))
+    log_z = mass_metallicity(log_ms_solar, z) + METALLICITY_SCATTER * rng.standard_normal(n)
+    log_ms = np.log10((mass_bins * ssp.surviving_fraction(log_z)).sum(axis=1))
+    av = dust_av(rng, log_ms, quenched)
+    return _population(z, t_obs, log_mh, log_ms, log_z, av, quenched, mass_bins, sfh)
