@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, set_seed
 
-from .modalities import MODALITY_NAMES, get_modality
+from .modalities import get_modality
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class EpochCallback(TrainerCallback):
         self.collator = collator
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.collator.set_epoch(int(math.floor(state.epoch + 1e-9)))
+        self.collator.set_epoch(math.floor(state.epoch + 1e-9))
 
 
 # ---------------------------------------------------------------------------------------------- metrics

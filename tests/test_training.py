@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from hub_servers import OlahServer, UploadServer, hub_env, run_isolated_python
+from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
