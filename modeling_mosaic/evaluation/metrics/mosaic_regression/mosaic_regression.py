@@ -34,8 +34,8 @@ Example:
 """
 
 _CITATION = """\
-@article{xia2025mosaic, title={MOSAIC: a multi-modal masked-encoder foundation model for galaxy data},
-  author={Xia and others}, journal={arXiv:2510.07684}, year={2025}}
+@article{xia2025mosaic, title={Multi-modal Foundation Model for Cosmological Simulation Data},
+  author={Xia and Ramachandra and Wells and Habib and Wise}, journal={arXiv e-prints}, eprint={2510.07684}, year={2025}}
 """
 
 
