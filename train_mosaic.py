@@ -35,6 +35,7 @@ class ModelArguments:
     mask_visible_decay: float = field(default=0.6, metadata={"help": "P(k visible modalities) ~ decay**(k-1)"})
     head_type: str = field(default="point", metadata={"help": "point, or gaussian (mean and variance; p(z))"})
     redshift_mixture_components: int = 5
+    nll_beta: float = field(default=0.5, metadata={"help": "gaussian head: NLL weighted by variance**beta"})
     error_inputs: bool = field(default=False, metadata={"help": "embed measurement errors beside the values"})
     noise_on_the_fly: bool = field(default=False, metadata={"help": "draw photometric noise from stored errors"})
     noise_scale: list[float] = field(default_factory=lambda: [1.0, 1.0], metadata={"help": "range of error factor"})

@@ -55,8 +55,13 @@ class MosaicConfig(PretrainedConfig):
         mask_prior_probability: chance that a training sample shows nothing at all, which teaches the
             model its unconditional prior (what `predict` returns for empty inputs).
         head_type: "point" (one value per element, trained by `loss_type`) or "gaussian" (a mean and a
-            log-variance per element, trained by Gaussian negative log-likelihood, `loss_type` unused; redshift
+            log-variance per element, trained by the beta-NLL below, `loss_type` unused; redshift
             gets a mixture).
+        nll_beta: the gaussian head's loss is the beta-NLL of Seitzer et al. (2022): each element's negative
+            log-likelihood weighted by its predicted variance**beta (no gradient through the weight). Plain NLL
+            (0) lets a large predicted variance mute an element's gradient, so hard galaxies stop being
+            fitted and the means lag a point head's; 1 gives the means MSE's gradients. The optimum variance
+            is the same for every beta.
         redshift_mixture_components: K, the Gaussians of the redshift posterior (in normalised log10(1 + z))
             when head_type is "gaussian": photo-z posteriors are bimodal where colours are degenerate.
         error_inputs: embed each element's 1-sigma measurement error beside its value, so that a noisy band
@@ -91,6 +96,7 @@ class MosaicConfig(PretrainedConfig):
         mask_prior_probability=0.02,
         head_type="point",
         redshift_mixture_components=5,
+        nll_beta=0.5,
         error_inputs=False,
         noise_on_the_fly=False,
         noise_scale=(1.0, 1.0),
@@ -122,6 +128,8 @@ class MosaicConfig(PretrainedConfig):
             raise ValueError(f"head_type must be 'point' or 'gaussian', got {head_type!r}")
         if int(redshift_mixture_components) < 1:
             raise ValueError(f"redshift_mixture_components must be >= 1, got {redshift_mixture_components}")
+        if not 0.0 <= float(nll_beta) <= 1.0:
+            raise ValueError(f"nll_beta must lie in [0, 1], got {nll_beta}")
         noise_low, noise_high = (float(f) for f in noise_scale)
         if not 0.0 <= noise_low <= noise_high:
             raise ValueError(f"noise_scale must satisfy 0 <= min <= max, got {noise_scale}")
@@ -147,6 +155,7 @@ class MosaicConfig(PretrainedConfig):
         self.mask_prior_probability = float(mask_prior_probability)
         self.head_type = head_type
         self.redshift_mixture_components = int(redshift_mixture_components)
+        self.nll_beta = float(nll_beta)
         self.error_inputs = bool(error_inputs)
         self.noise_on_the_fly = bool(noise_on_the_fly)
         self.noise_scale = [noise_low, noise_high]

@@ -8,8 +8,8 @@ output therefore depends only on the visible tokens and its own position, so `pr
 the tokens it is given plus the tokens it is asked for, and nothing else, with the same result as the full
 sequence. Linear heads map every token back to its patch values; the loss is the error on hidden elements.
 
-With `head_type="gaussian"` the heads give every element a mean and a log-variance (trained by Gaussian
-negative log-likelihood) and the redshift token a mixture of Gaussians in normalised log10(1 + z), so that
+With `head_type="gaussian"` the heads give every element a mean and a log-variance (trained by the
+beta-weighted Gaussian negative log-likelihood) and the redshift token a mixture of Gaussians in normalised log10(1 + z), so that
 `predict` can return uncertainties, samples and photo-z posteriors. With `error_inputs` each element's
 measurement error enters its token's embedding beside its value, so a noisy band counts less.
 
@@ -140,39 +140,60 @@ class MosaicLayout(nn.Module):
             "std": torch.as_tensor(stats["std"], dtype=torch.float32),
         }
 
-    def normalize(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Physical (B, D) -> (normalised learning-space values with 0 where missing, present = finite)."""
+    def elements_of(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """The flat indices of the chosen tokens' elements, increasing: the only columns a query needs."""
+        index = self.token_elements[token_ids].flatten()
+        return index[index < self.mean.numel()].sort().values
+
+    def _table(self, name: str, elements: torch.Tensor | None) -> torch.Tensor:
+        table = getattr(self, name)
+        return table if elements is None else table[elements]
+
+    def normalize(self, values: torch.Tensor, elements: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Physical (B, E) values of `elements` (default all D) -> (normalised learning-space values with 0 where
+        missing, present = finite)."""
+        scale, offset, log, mean, std = (self._table(n, elements) for n in ("scale", "offset", "log", "mean", "std"))
         values = values.float()
         present = torch.isfinite(values)
         finite = torch.where(present, values, 0.0)
-        logged = self.scale.float() * torch.log10(torch.clamp(finite + self.offset.float(), min=LOG_FLOOR))
-        learned = torch.where(self.log, logged, finite)
-        normalised = ((learned - self.mean.float()) / self.std.float()).clamp(-INPUT_CLIP, INPUT_CLIP)
+        logged = scale.float() * torch.log10(torch.clamp(finite + offset.float(), min=LOG_FLOOR))
+        learned = torch.where(log, logged, finite)
+        normalised = ((learned - mean.float()) / std.float()).clamp(-INPUT_CLIP, INPUT_CLIP)
         return torch.where(present, normalised, 0.0), present
 
-    def errors_to_learning(self, values: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
-        """Physical 1-sigma errors at physical values (B, D) -> learning-space errors, to first order in the
+    def errors_to_learning(self, values: torch.Tensor, errors: torch.Tensor,
+                           elements: torch.Tensor | None = None) -> torch.Tensor:
+        """Physical 1-sigma errors at physical values (B, E) -> learning-space errors, to first order in the
         error (the log transform's slope at the value); NaN where either is unknown."""
+        scale, offset, log = (self._table(n, elements) for n in ("scale", "offset", "log"))
         values, errors = values.float(), errors.float().abs()
-        slope = self.scale.float() / (torch.clamp(values + self.offset.float(), min=LOG_FLOOR) * math.log(10.0))
-        learned = torch.where(self.log, errors * slope, errors)
+        slope = scale.float() / (torch.clamp(values + offset.float(), min=LOG_FLOOR) * math.log(10.0))
+        learned = torch.where(log, errors * slope, errors)
         return torch.where(torch.isfinite(values), learned, float("nan"))
 
-    def normalize_errors(self, errors: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """Learning-space errors (B, D) -> in units of each element's std, 0 where unknown or not visible (a
+    def normalize_errors(self, errors: torch.Tensor, visible: torch.Tensor,
+                         elements: torch.Tensor | None = None) -> torch.Tensor:
+        """Learning-space errors (B, E) -> in units of each element's std, 0 where unknown or not visible (a
         hidden element's error must not reach the encoder any more than its value)."""
         errors = errors.float().abs()
         known = visible & torch.isfinite(errors)
-        return torch.where(known, errors / self.std.float(), 0.0).clamp(max=INPUT_CLIP)
+        return torch.where(known, errors / self._table("std", elements).float(), 0.0).clamp(max=INPUT_CLIP)
 
-    def to_learning_space(self, normalised: torch.Tensor) -> torch.Tensor:
-        """Undo the normalisation (not the log transform): (B, D) -> learning-space values."""
-        return normalised.float() * self.std.float() + self.mean.float()
+    def to_learning_space(self, normalised: torch.Tensor, elements: torch.Tensor | None = None) -> torch.Tensor:
+        """Undo the normalisation (not the log transform): (B, E) values of `elements` (default all D) ->
+        learning-space values."""
+        return normalised.float() * self._table("std", elements).float() + self._table("mean", elements).float()
 
-    def patches(self, flat: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """Flat (B, D) -> the chosen tokens' zero-padded patches (B, T', P)."""
+    def patches(self, flat: torch.Tensor, token_ids: torch.Tensor, elements: torch.Tensor | None = None):
+        """(B, E) values of `elements` (default all D; `elements_of(token_ids)` or a superset) -> the chosen
+        tokens' zero-padded patches (B, T', P)."""
+        index = self.token_elements[token_ids]
+        if elements is not None:
+            position = torch.full((self.mean.numel() + 1,), elements.numel(), dtype=torch.long, device=flat.device)
+            position[elements] = torch.arange(elements.numel(), device=flat.device)
+            index = position[index]
         padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
-        return padded[:, self.token_elements[token_ids]]
+        return padded[:, index]
 
     def unpatch(self, patches: torch.Tensor) -> torch.Tensor:
         """Every token's patches (B, T, P) -> flat (B, D), dropping the padding."""
@@ -383,15 +404,16 @@ class MosaicModel(MosaicPreTrainedModel):
     def is_probabilistic(self) -> bool:
         return self.config.head_type == "gaussian"
 
-    def _encode(self, normalised, visible, errors, token_ids):
+    def _encode(self, normalised, visible, errors, token_ids, elements=None):
         """Run the encoder on the chosen tokens only -> (final states (B, T', H), which tokens have something
-        visible (B, T')). `errors`: normalised errors (B, D) for a model with `error_inputs`, else None."""
+        visible (B, T')). Inputs are (B, E) over `elements` (default all D); `errors`: normalised errors for a
+        model with `error_inputs`, else unused."""
         token_modality = self.layout.token_modality[token_ids]
-        patches = self.layout.patches(normalised, token_ids)
-        patch_visible = self.layout.patches(visible.to(normalised.dtype), token_ids)
+        patches = self.layout.patches(normalised, token_ids, elements)
+        patch_visible = self.layout.patches(visible.to(normalised.dtype), token_ids, elements)
         patch_errors = None
         if self.config.error_inputs:
-            patch_errors = self.layout.patches(errors.to(normalised.dtype), token_ids)
+            patch_errors = self.layout.patches(errors.to(normalised.dtype), token_ids, elements)
         token_visible = (patch_visible > 0).any(dim=-1)
         hidden_states = self.embeddings(patches, patch_visible, patch_errors, token_ids, token_modality)
         mask = visible_attention_mask(token_visible, hidden_states.dtype)
@@ -421,15 +443,16 @@ class MosaicModel(MosaicPreTrainedModel):
         return means, log_variances, mixture
 
     def _element_errors(self, means, log_variances, mixture, targets):
-        """(B, D) per-element loss: `loss_type` for the point head; Gaussian negative log-likelihood for the
-        gaussian head, the mixture's for redshift."""
+        """(B, D) per-element loss: `loss_type` for the point head; for the gaussian head the beta-NLL, the
+        Gaussian's (the mixture's for redshift) negative log-likelihood times the predicted variance**beta."""
         means = means.float()
         if self.is_probabilistic:
-            error = gaussian_nll(means, log_variances.float(), targets)
+            log_variances = log_variances.float()
+            error = gaussian_nll(means, log_variances, targets)
             if mixture is not None:
                 redshift_nll = -mixture_log_density(mixture, targets[:, self.layout.redshift_element, None])
                 error = torch.where(self.layout.is_redshift, redshift_nll, error)
-            return error
+            return error * torch.exp(self.config.nll_beta * log_variances.detach())
         if self.config.loss_type == "mse":
             return (means - targets) ** 2
         if self.config.loss_type == "l1":
@@ -488,12 +511,16 @@ class MosaicModel(MosaicPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------------------------ query API
-    def to_physical(self, predictions: torch.Tensor) -> np.ndarray:
+    def to_physical(self, predictions: torch.Tensor, names=None) -> np.ndarray:
         """Normalised (B, D) predictions -> physical units (float64 numpy), each clipped at its modality's
-        physical minimum (a rate or a luminosity is never negative)."""
-        learned = self.layout.to_learning_space(predictions.detach()).cpu().numpy()
-        return np.concatenate(
-            [MODALITIES[n].from_learning(learned[:, s]) for n, s in self.config.modality_slices.items()], axis=1)
+        physical minimum (a rate or a luminosity is never negative): every modality's columns, or only those
+        of `names` (in layout order), side by side."""
+        slices = self.config.modality_slices
+        names = self.config.modalities if names is None else names
+        columns = torch.cat([torch.arange(slices[n].start, slices[n].stop) for n in names]).to(predictions.device)
+        learned = self.layout.to_learning_space(predictions.detach()[:, columns], columns).cpu().numpy()
+        parts = np.split(learned, np.cumsum([MODALITIES[n].length for n in names])[:-1], axis=1)
+        return np.concatenate([MODALITIES[n].from_learning(part) for n, part in zip(names, parts)], axis=1)
 
     def _token_ids(self, names) -> torch.Tensor:
         """Indices of the tokens of the named modalities, in layout order."""
@@ -525,13 +552,17 @@ class MosaicModel(MosaicPreTrainedModel):
             raise ValueError(f"errors: {flat.shape[0]} rows, but the inputs have {num_rows}")
         return flat
 
-    def _prepare(self, values: np.ndarray, errors: np.ndarray):
-        """Physical (B, D) values and errors (NaN = unknown) -> the encoder's normalised values, which are
-        present, and normalised errors."""
-        values = torch.from_numpy(values).to(self.device)
-        normalised, present = self.layout.normalize(values)
-        learned = self.layout.errors_to_learning(values, torch.from_numpy(errors).to(self.device))
-        return normalised.to(self.dtype), present, self.layout.normalize_errors(learned, present)
+    def _prepare(self, values: np.ndarray, errors: np.ndarray, elements: torch.Tensor):
+        """Physical (B, D) values and errors (NaN = unknown) -> the encoder's inputs over `elements` only:
+        normalised values, which are present, and normalised errors (None without `error_inputs`)."""
+        columns = elements.cpu().numpy()
+        values = torch.from_numpy(np.ascontiguousarray(values[:, columns])).to(self.device)
+        normalised, present = self.layout.normalize(values, elements)
+        if not self.config.error_inputs:
+            return normalised.to(self.dtype), present, None
+        errors = torch.from_numpy(np.ascontiguousarray(errors[:, columns])).to(self.device)
+        learned = self.layout.errors_to_learning(values, errors, elements)
+        return normalised.to(self.dtype), present, self.layout.normalize_errors(learned, present, elements)
 
     @torch.no_grad()
     def predict(
@@ -582,17 +613,22 @@ class MosaicModel(MosaicPreTrainedModel):
         if "redshift" in targets and (return_uncertainty or redshift_grid is not None):
             grid = check_redshift_grid(DEFAULT_REDSHIFT_GRID if redshift_grid is None else redshift_grid)
         token_ids = self._token_ids(set(names) | set(targets))
+        elements = self.layout.elements_of(token_ids)
         generator = torch.Generator().manual_seed(int(seed))
         points, summaries = [], []
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            hidden_states, _ = self._encode(*self._prepare(flat[rows], flat_errors[rows]), token_ids)
+            inputs_of_batch = self._prepare(flat[rows], flat_errors[rows], elements)
+            hidden_states, _ = self._encode(*inputs_of_batch, token_ids, elements)
             means, log_variances, mixture = self._decode(hidden_states, token_ids)
-            points.append(self.to_physical(means))
+            points.append(self.to_physical(means, targets))
             if probabilistic:
                 summaries.append(self._summaries(means, log_variances, mixture, targets, return_uncertainty,
                                                  num_samples, grid, generator))
-        output = self.config.unflatten(np.where(given, flat, np.concatenate(points)).astype(np.float32), targets)
+        columns = np.concatenate([np.arange(flat.shape[1])[slices[n]] for n in targets])
+        predicted = np.where(given[:, columns], flat[:, columns], np.concatenate(points)).astype(np.float32)
+        parts = np.split(predicted, np.cumsum([MODALITIES[n].length for n in targets])[:-1], axis=1)
+        output = {n: part[:, 0] if MODALITIES[n].is_scalar else part for n, part in zip(targets, parts)}
         if summaries:
             joined = {key: np.concatenate([s[key] for s in summaries]) for key in summaries[0]}
             output.update(self._given_as_given(joined, flat, given, grid))
@@ -671,11 +707,13 @@ class MosaicModel(MosaicPreTrainedModel):
         flat = self.config.flatten(inputs)
         flat_errors = self._flat_errors(errors, names, flat.shape[0])
         token_ids = self._token_ids(names)
+        elements = self.layout.elements_of(token_ids)
         pool = self.layout.modality_pool[[self.config.modalities.index(n) for n in names]][:, token_ids]
         outputs = {n: np.zeros((flat.shape[0], self.config.hidden_size), np.float32) for n in names + ["all"]}
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            hidden_states, token_visible = self._encode(*self._prepare(flat[rows], flat_errors[rows]), token_ids)
+            hidden_states, token_visible = self._encode(*self._prepare(flat[rows], flat_errors[rows], elements),
+                                                        token_ids, elements)
             hidden_states = hidden_states.float()
             per_modality = torch.einsum("mt,bth->bmh", pool, hidden_states).cpu().numpy()
             for m, name in enumerate(names):

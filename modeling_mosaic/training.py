@@ -227,6 +227,7 @@ def build_model(model_args, normalization):
         mask_visible_decay=model_args.mask_visible_decay,
         head_type=model_args.head_type,
         redshift_mixture_components=model_args.redshift_mixture_components,
+        nll_beta=model_args.nll_beta,
         error_inputs=model_args.error_inputs,
         noise_on_the_fly=model_args.noise_on_the_fly,
         noise_scale=model_args.noise_scale,
