@@ -64,6 +64,12 @@ class MosaicConfig(PretrainedConfig):
             is the same for every beta.
         redshift_mixture_components: K, the Gaussians of the redshift posterior (in normalised log10(1 + z))
             when head_type is "gaussian": photo-z posteriors are bimodal where colours are degenerate.
+        step_inputs: embed, beside each visible element of a vector, its step from the previous element of the
+            same token (a colour for photometry, a slope for an SED or SFH) in units of that step's spread in
+            the training data. The spread of a band's magnitude is mostly the galaxy's brightness, common to
+            all bands, so a colour is a small difference of large inputs; standardised steps hand the encoder
+            the colours at unit scale, and photo-z from LSST learns about twice as fast. Only pairs of visible
+            elements give a step, so nothing hidden leaks.
         error_inputs: embed each element's 1-sigma measurement error beside its value, so that a noisy band
             counts less (the `errors` input of `forward` and `predict`).
         noise_on_the_fly: the training collator draws LSST/SPHEREx fluxes as true + error * N(0, 1) from the
@@ -97,6 +103,7 @@ class MosaicConfig(PretrainedConfig):
         head_type="point",
         redshift_mixture_components=5,
         nll_beta=0.5,
+        step_inputs=True,
         error_inputs=False,
         noise_on_the_fly=False,
         noise_scale=(1.0, 1.0),
@@ -156,6 +163,7 @@ class MosaicConfig(PretrainedConfig):
         self.head_type = head_type
         self.redshift_mixture_components = int(redshift_mixture_components)
         self.nll_beta = float(nll_beta)
+        self.step_inputs = bool(step_inputs)
         self.error_inputs = bool(error_inputs)
         self.noise_on_the_fly = bool(noise_on_the_fly)
         self.noise_scale = [noise_low, noise_high]
@@ -213,7 +221,10 @@ class MosaicConfig(PretrainedConfig):
 
     # ----------------------------------------------------------------------------------- normalization
     def set_normalization(self, stats):
-        """Set per-element learning-space statistics: name -> {"mean": seq, "std": seq} (length = modality's).
+        """Set per-element learning-space statistics: name -> {"mean": seq, "std": seq} (length = modality's),
+        optionally "step_std": the spread of each element minus the previous one (the first entry unused).
+        Without it, steps are scaled as if neighbouring elements were independent (sqrt of the summed
+        variances), an upper bound; `set_step_std_from_data` measures them.
 
         Modalities not named keep their statistics. Every std must be finite and positive.
         """
@@ -223,16 +234,34 @@ class MosaicConfig(PretrainedConfig):
             length = MODALITIES[name].length
             mean = [float(v) for v in np.ravel(entry["mean"])]
             std = [float(v) for v in np.ravel(entry["std"])]
-            if len(mean) != length or len(std) != length:
-                raise ValueError(
-                    f"normalization[{name!r}]: mean has {len(mean)} and std {len(std)} entries, expected {length}")
-            if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+            independent = np.sqrt(np.square(std) + np.square(np.roll(std, 1)))
+            step_std = [float(v) for v in np.ravel(entry.get("step_std", independent))]
+            step_std[0] = 1.0
+            if len(mean) != length or len(std) != length or len(step_std) != length:
+                raise ValueError(f"normalization[{name!r}]: mean has {len(mean)}, std {len(std)} and step_std "
+                                 f"{len(step_std)} entries, expected {length}")
+            if not all(math.isfinite(m) for m in mean) or not all(
+                    math.isfinite(s) and s > 0 for s in std + step_std):
                 raise ValueError(f"normalization[{name!r}]: means must be finite and stds finite and positive")
-            self.normalization[name] = {"mean": mean, "std": std}
+            self.normalization[name] = {"mean": mean, "std": std, "step_std": step_std}
+
+    def set_step_std_from_data(self, columns):
+        """Measure each vector element's step spread (std of it minus the previous element, learning space,
+        both finite; floored at `MIN_STD`) from physical-unit columns, e.g. the training split."""
+        for name in self.modalities:
+            if name not in columns or MODALITIES[name].is_scalar:
+                continue
+            physical = np.asarray(columns[name], dtype=np.float64).reshape(-1, MODALITIES[name].length)
+            learned = np.where(np.isfinite(physical), MODALITIES[name].to_learning(physical), np.nan)
+            steps = np.diff(learned, axis=1)
+            seen = np.isfinite(steps).any(axis=0)
+            spread = np.ones(steps.shape[1])
+            spread[seen] = np.maximum(np.nanstd(steps[:, seen], axis=0), MIN_STD)
+            self.normalization[name]["step_std"] = [1.0, *(float(v) for v in spread)]
 
     def set_normalization_from_data(self, columns):
         """Set the statistics from physical-unit columns (e.g. the training split): per element, the mean and
-        std of the learning-space values over finite entries (std floored at `MIN_STD`)."""
+        std of the learning-space values over finite entries (std floored at `MIN_STD`), and the step spreads."""
         flat = self.flatten(columns, argument="columns")
         stats = {}
         for name in self.modalities:
@@ -244,6 +273,7 @@ class MosaicConfig(PretrainedConfig):
                 raise ValueError(f"columns[{name!r}]: some elements have no finite value; cannot compute statistics")
             stats[name] = {"mean": np.nanmean(learned, axis=0), "std": np.maximum(np.nanstd(learned, axis=0), MIN_STD)}
         self.set_normalization(stats)
+        self.set_step_std_from_data(columns)
 
 
 __all__ = ["DEFAULT_NORMALIZATION", "MosaicConfig"]

@@ -125,7 +125,8 @@ class MosaicLayout(nn.Module):
         token_modality[element_token] = element_modality
         counts = np.bincount(token_modality, minlength=len(config.modalities))
         modality_pool = (token_modality[None, :] == np.arange(len(config.modalities))[:, None]) / counts[:, None]
-        stats = {k: np.concatenate([config.normalization[n][k] for n in config.modalities]) for k in ("mean", "std")}
+        stats = {k: np.concatenate([config.normalization[n][k] for n in config.modalities])
+                 for k in ("mean", "std", "step_std")}
         return {
             "element_modality": torch.as_tensor(element_modality, dtype=torch.long),
             "is_redshift": torch.as_tensor(np.asarray(config.modalities)[element_modality] == "redshift"),
@@ -138,6 +139,7 @@ class MosaicLayout(nn.Module):
             "offset": torch.as_tensor(np.concatenate(transform["offset"]), dtype=torch.float32),
             "mean": torch.as_tensor(stats["mean"], dtype=torch.float32),
             "std": torch.as_tensor(stats["std"], dtype=torch.float32),
+            "step_std": torch.as_tensor(stats["step_std"], dtype=torch.float32),
         }
 
     def elements_of(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -195,14 +197,28 @@ class MosaicLayout(nn.Module):
         padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
         return padded[:, index]
 
+    def steps(self, patches: torch.Tensor, patch_visible: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Normalised patches (B, T', P) -> each element's step from the previous element of its patch, in
+        learning space over the step's spread; 0 at a patch's first slot and where either is not visible."""
+        index = self.token_elements[token_ids]  # padding points one past the end: give it a neutral entry
+
+        def table(name, fill):
+            values = getattr(self, name).float()
+            return torch.cat([values, values.new_full((1,), fill)])[index]
+
+        learned = patches.float() * table("std", 1.0) + table("mean", 0.0)
+        steps = (learned[..., 1:] - learned[..., :-1]) / table("step_std", 1.0)[:, 1:]
+        both = patch_visible[..., 1:] * patch_visible[..., :-1]
+        return F.pad((steps * both).clamp(-INPUT_CLIP, INPUT_CLIP), (1, 0)).to(patches.dtype)
+
     def unpatch(self, patches: torch.Tensor) -> torch.Tensor:
         """Every token's patches (B, T, P) -> flat (B, D), dropping the padding."""
         return patches.reshape(patches.shape[0], -1)[:, self.element_slot]
 
 
 class MosaicEmbeddings(nn.Module):
-    """A token's patch values and visibility flags (and, with `error_inputs`, its elements' errors) -> one
-    hidden vector through its modality's linear map, plus learned position and modality embeddings, plus a
+    """A token's patch values and visibility flags (with `step_inputs` its elements' standardised steps, with
+    `error_inputs` their errors) -> one hidden vector through its modality's linear map, plus learned position and modality embeddings, plus a
     mask embedding for a token with nothing visible.
 
     The per-modality maps live in one weight bank, gathered per token, so every modality embeds in one einsum.
@@ -211,7 +227,7 @@ class MosaicEmbeddings(nn.Module):
     def __init__(self, config: MosaicConfig, num_tokens: int, patch_size: int):
         super().__init__()
         num_modalities, hidden = len(config.modalities), config.hidden_size
-        features = (3 if config.error_inputs else 2) * patch_size
+        features = (2 + config.step_inputs + config.error_inputs) * patch_size
         self.weight = nn.Parameter(torch.empty(num_modalities, features, hidden))
         self.bias = nn.Parameter(torch.empty(num_modalities, hidden))
         self.position = nn.Parameter(torch.empty(num_tokens, hidden))
@@ -219,8 +235,8 @@ class MosaicEmbeddings(nn.Module):
         self.mask = nn.Parameter(torch.empty(hidden))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, patches, patch_visible, patch_errors, token_ids, token_modality):
-        per_element = [patches, patch_visible] if patch_errors is None else [patches, patch_visible, patch_errors]
+    def forward(self, patches, patch_visible, patch_steps, patch_errors, token_ids, token_modality):
+        per_element = [f for f in (patches, patch_visible, patch_steps, patch_errors) if f is not None]
         features = torch.cat(per_element, dim=-1).to(self.weight.dtype)
         embedded = torch.einsum("btf,tfh->bth", features, self.weight[token_modality])
         embedded = embedded + self.bias[token_modality] + self.position[token_ids] + self.modality[token_modality]
@@ -414,8 +430,9 @@ class MosaicModel(MosaicPreTrainedModel):
         patch_errors = None
         if self.config.error_inputs:
             patch_errors = self.layout.patches(errors.to(normalised.dtype), token_ids, elements)
+        patch_steps = self.layout.steps(patches, patch_visible, token_ids) if self.config.step_inputs else None
         token_visible = (patch_visible > 0).any(dim=-1)
-        hidden_states = self.embeddings(patches, patch_visible, patch_errors, token_ids, token_modality)
+        hidden_states = self.embeddings(patches, patch_visible, patch_steps, patch_errors, token_ids, token_modality)
         mask = visible_attention_mask(token_visible, hidden_states.dtype)
         for block in self.blocks:
             hidden_states = block(hidden_states, mask)

@@ -207,8 +207,13 @@ def check_columns(dataset, modalities, where: str) -> None:
         raise ValueError(f"catalog {where} has no column(s) {', '.join(missing)}; it has {', '.join(dataset.column_names)}")
 
 
-def build_model(model_args, normalization):
-    """A fresh model sized by the arguments, or the checkpoint `model_name_or_path`; normalisation from the data."""
+#: Training rows that the step spreads (`MosaicConfig.step_inputs`) are measured on: plenty for a spread.
+STEP_STATISTICS_ROWS = 20_000
+
+
+def build_model(model_args, normalization, train_sample):
+    """A fresh model sized by the arguments, or the checkpoint `model_name_or_path`; normalisation from the
+    catalog's statistics, step spreads from `train_sample` (modality columns of training rows)."""
     from .configuration_mosaic import MosaicConfig
     from .modeling_mosaic import MosaicModel
 
@@ -234,6 +239,7 @@ def build_model(model_args, normalization):
         attn_implementation=model_args.attn_implementation,
     )
     config.set_normalization({n: normalization[n] for n in config.modalities})
+    config.set_step_std_from_data(train_sample)
     return MosaicModel(config)
 
 
@@ -251,14 +257,14 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         path = prepare_catalog(data_args)
         train = load_catalog(path, split="train")
     check_columns(train, model_args.modalities, path)
-    set_seed(training_args.seed)  # the initial weights depend on the seed alone, not on what ran before
-    model = build_model(model_args, read_normalization(path))
-    config = model.config
-
     n_val = min(data_args.validation_size, len(train) // 5)
     n_train = len(train) - n_val
     if data_args.max_train_samples:
         n_train = min(n_train, data_args.max_train_samples)
+    sample = train.select(range(min(n_train, STEP_STATISTICS_ROWS))).with_format("numpy", columns=model_args.modalities)
+    set_seed(training_args.seed)  # the initial weights depend on the seed alone, not on what ran before
+    model = build_model(model_args, read_normalization(path), sample[:])
+    config = model.config
     columns = [*config.modalities, "galaxy_id", *noise_columns(config)]
     val = train.select(range(len(train) - n_val, len(train)))
     train_set = ColumnarDataset(train.select(range(n_train)), columns)

@@ -82,14 +82,14 @@ def test_heteroscedastic_noise_is_recovered():
     x = rng.uniform(11.0, 14.0, 8192)
     columns = {"log_halo_mass": x, "log_stellar_mass": 0.8 * x + 0.5 + sigma(x) * rng.normal(size=x.size)}
     config = MosaicConfig(modalities=["log_halo_mass", "log_stellar_mass"], head_type="gaussian", **TINY)
-    model, losses = train_toy(config, columns, ["log_halo_mass"], steps=600)
+    model, losses = train_toy(config, columns, ["log_halo_mass"], steps=1000)
     assert losses[-32:].mean() < losses[:10].mean() - 1.0
 
     grid = np.linspace(11.2, 13.8, 27)
     out = model.predict({"log_halo_mass": grid}, targets=["log_stellar_mass"], return_uncertainty=True)
     ratio = out["log_stellar_mass_std"] / sigma(grid)
     assert abs(np.median(ratio) - 1.0) < 0.1
-    assert np.all(np.abs(ratio - 1.0) < 0.25)
+    assert np.all(np.abs(ratio - 1.0) < 0.25), ratio
     # stellar mass is learned linearly: the distribution is Gaussian, mean = median, p16/p84 = mean -+ std
     np.testing.assert_allclose(out["log_stellar_mass"], out["log_stellar_mass_p50"], atol=1e-5)
     np.testing.assert_allclose(out["log_stellar_mass_p84"] - out["log_stellar_mass"],
