@@ -76,6 +76,10 @@ class MosaicConfig(PretrainedConfig):
             catalog's `*_flux_true` and `*_flux_err` columns, so one catalog serves many noise realisations.
         noise_scale: [min, max] range of a per-galaxy factor on those errors (drawn uniformly), so one catalog
             also serves many depths.
+        calibration: gaussian head: a list of {"given": {name: [[start, stop], ...]}, "temperature": {target:
+            t}}, fitted by `MosaicModel.calibrate` on held-out galaxies. `predict` multiplies the predicted
+            spreads of `target` by t for rows whose given elements are exactly those ranges (element indices
+            within each modality); other rows are left as trained.
     """
 
     model_type = "mosaic"
@@ -107,6 +111,7 @@ class MosaicConfig(PretrainedConfig):
         error_inputs=False,
         noise_on_the_fly=False,
         noise_scale=(1.0, 1.0),
+        calibration=None,
         **kwargs,
     ):
         names = MODALITY_NAMES if modalities is None else [get_modality(n).name for n in modalities]
@@ -167,6 +172,7 @@ class MosaicConfig(PretrainedConfig):
         self.error_inputs = bool(error_inputs)
         self.noise_on_the_fly = bool(noise_on_the_fly)
         self.noise_scale = [noise_low, noise_high]
+        self.calibration = [self._checked_calibration(entry) for entry in calibration or ()]
         super().__init__(**kwargs)
 
         self.normalization = {}
@@ -176,6 +182,20 @@ class MosaicConfig(PretrainedConfig):
             for n in self.modalities
         }
         self.set_normalization({**default, **(normalization or {})})
+
+    def _checked_calibration(self, entry) -> dict:
+        """One `calibration` entry with its names, ranges and temperatures validated."""
+        given, temperature = dict(entry["given"]), dict(entry["temperature"])
+        for name in (*given, *temperature):
+            if name not in self.modalities:
+                raise ValueError(f"calibration: {name!r} is not one of the modalities {self.modalities}")
+        for name, ranges in given.items():
+            if not all(0 <= int(a) < int(b) <= MODALITIES[name].length for a, b in ranges):
+                raise ValueError(f"calibration: the given ranges of {name!r} must lie in 0..{MODALITIES[name].length}")
+        if not all(math.isfinite(float(t)) and float(t) > 0 for t in temperature.values()):
+            raise ValueError(f"calibration: temperatures must be finite and positive, got {temperature}")
+        return {"given": {n: [[int(a), int(b)] for a, b in r] for n, r in given.items()},
+                "temperature": {n: float(t) for n, t in temperature.items()}}
 
     # ------------------------------------------------------------------------------------------ layout
     @property

@@ -73,6 +73,10 @@ class CalibratedModel:
         self.truth = truth
         self.z = norm.ppf((np.random.default_rng(seed).permutation(n) + 0.5) / n)
 
+    def temperatures_for(self, inputs):
+        assert set(inputs) == {"lsst"} and len(inputs["lsst"]) == 1
+        return {"redshift": 1.25}
+
     def predict(self, inputs, targets=None, batch_size=4096, return_uncertainty=False, redshift_grid=None):
         assert return_uncertainty and redshift_grid is not None
         mass_std, z_std = 0.1, 0.05
@@ -99,6 +103,8 @@ def test_a_probabilistic_model_gets_calibration_entries_a_table_and_a_pit_figure
                       test["log_stellar_mass"]))
     assert "cde_loss" in results["lsst"]["redshift"] and "cde_loss" not in results["lsst"]["log_stellar_mass"]
     assert set(pits) == {"lsst"} and pits["lsst"].shape == (n,)
+    assert results["lsst"]["redshift"]["temperature"] == 1.25
+    assert results["lsst"]["log_stellar_mass"]["temperature"] == 1.0
 
     table = "\n".join(report._calibration_section({"conditions": results}))
     assert "## Calibration" in table and "| lsst | redshift | 0.68" in table

@@ -56,7 +56,7 @@ def trained(catalog, tmp_path_factory):
 def test_tiny_run_saves_a_loadable_checkpoint_with_card_and_data_statistics(catalog, trained):
     from transformers import AutoModel
 
-    from modeling_mosaic.catalog.io import read_normalization
+    from modeling_mosaic.catalog.io import load_catalog, read_normalization
 
     for name in ("config.json", "model.safetensors", "configuration_mosaic.py", "modeling_mosaic.py",
                  "modalities.py", "README.md"):
@@ -66,6 +66,10 @@ def test_tiny_run_saves_a_loadable_checkpoint_with_card_and_data_statistics(cata
     stats = read_normalization(catalog)
     for name in model.config.modalities:
         np.testing.assert_allclose(model.config.normalization[name]["mean"], stats[name]["mean"], rtol=1e-6)
+    # step spreads: the std of each colour over the training rows (tiny.yaml holds the last 64 out)
+    lsst = np.asarray(load_catalog(catalog, split="train").with_format("numpy")["lsst"], dtype=np.float64)[:-64]
+    np.testing.assert_allclose(model.config.normalization["lsst"]["step_std"][1:], np.diff(lsst, axis=1).std(axis=0),
+                               rtol=1e-5)
     out = model.predict(lsst_inputs(catalog), targets=["redshift", "log_stellar_mass", "sfh"])
     assert out["redshift"].shape == (16,) and out["sfh"].shape == (16, 100)
     assert all(np.isfinite(v).all() for v in out.values())
@@ -77,6 +81,24 @@ def test_tiny_run_saves_a_loadable_checkpoint_with_card_and_data_statistics(cata
     evals = [h for h in history if "eval_lsst_redshift_mae" in h]
     assert evals and all(np.isfinite(h["eval_lsst_redshift_mae"]) for h in evals)
     assert any("eval_masked_loss" in h for h in history)
+
+
+def test_gaussian_run_saves_temperatures_for_the_figure2_queries(catalog, tmp_path):
+    from transformers import AutoModel
+
+    from modeling_mosaic.evaluation.conditions import SFH_LATE
+
+    train(catalog, tmp_path / "model", "--head_type", "gaussian", "--max_steps", "4", "--save_strategy", "no")
+    model = AutoModel.from_pretrained(tmp_path / "model")
+    entries = {json.dumps(e["given"], sort_keys=True): e["temperature"] for e in model.config.calibration}
+    late_start = int(np.argmax(SFH_LATE))
+    expected = [{"lsst": [[0, 6]]}, {"lsst": [[0, 6]], "spherex": [[0, 102]]},
+                {"lsst": [[0, 6]], "sfh": [[late_start, 100]]}, {"lsst": [[0, 6]], "sfh": [[0, late_start]]},
+                {"log_stellar_mass": [[0, 1]]}]
+    assert sorted(entries) == sorted(json.dumps(e, sort_keys=True) for e in expected)
+    lsst_only = entries[json.dumps({"lsst": [[0, 6]]})]
+    assert set(lsst_only) == set(model.config.modalities) - {"lsst"}
+    assert all(0.2 <= t <= 5.0 for temperatures in entries.values() for t in temperatures.values())
 
 
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(catalog, trained, tmp_path):

@@ -90,3 +90,16 @@ def get_condition(name: str) -> Condition:
         return CONDITIONS_BY_NAME[name]
     except KeyError:
         raise ValueError(f"unknown condition {name!r}; valid names are {', '.join(CONDITIONS_BY_NAME)}") from None
+
+
+def calibrate_for_conditions(model, columns: Mapping[str, np.ndarray], conditions=CONDITIONS) -> dict:
+    """Fit a probabilistic model's temperatures (`MosaicModel.calibrate`) for each condition it can run, on
+    held-out `columns` (never the test split), for every target; returns {condition: {target: t}}."""
+    modalities = tuple(model.config.modalities)
+    fitted = {}
+    for condition in conditions:
+        if not set(condition.inputs_needed) <= set(modalities):
+            continue
+        targets = condition.targets(modalities)
+        fitted[condition.name] = model.calibrate(condition.inputs(columns), {t: columns[t] for t in targets})
+    return fitted

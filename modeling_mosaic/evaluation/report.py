@@ -162,10 +162,11 @@ def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[C
         results[condition.name] = {
             t: score_target(condition, t, test[t], predictions[condition.name][t]) for t in targets
         }
+        temperatures = model.temperatures_for(condition.inputs(_take(test, np.arange(1)))) if probabilistic else {}
         for name in CALIBRATED_TARGETS if probabilistic else ():
             if name in targets:
                 scores, pit = calibration(name, test[name], output)
-                results[condition.name][name].update(scores)
+                results[condition.name][name].update(scores, temperature=temperatures.get(name, 1.0))
                 if pit is not None:
                     pits[condition.name] = pit
     return results, predictions, seconds, pits
@@ -365,7 +366,8 @@ def _conditions_section(metrics) -> list[str]:
 
 
 def _calibration_section(metrics) -> list[str]:
-    rows = [[c, name, *(_fmt(m.get(k), 3) for k in ("coverage_68", "coverage_95", "pit_ks", "crps", "cde_loss"))]
+    keys = ("coverage_68", "coverage_95", "pit_ks", "crps", "cde_loss", "temperature")
+    rows = [[c, name, *(_fmt(m.get(k), 3) for k in keys)]
             for c, targets in metrics["conditions"].items() for name, m in targets.items() if "pit_ks" in m]
     if not rows:
         return []
@@ -374,8 +376,10 @@ def _calibration_section(metrics) -> list[str]:
             "interval (ideal 0.68 / 0.95); pit_ks: Kolmogorov-Smirnov distance of the PIT values from uniform "
             "(0 = calibrated); crps: continuous ranked probability score in the target's units (redshift: on "
             f"the {REDSHIFT_GRID[0]:g}-{REDSHIFT_GRID[-1]:g} grid; stellar mass: Gaussian closed form); cde_loss: "
-            "RAIL's CDE loss, integral of p^2 dz - 2 mean p(z_true) (lower is better).", "",
-            *_table(["condition", "target", "coverage_68", "coverage_95", "pit_ks", "crps", "cde_loss"], rows), ""]
+            "RAIL's CDE loss, integral of p^2 dz - 2 mean p(z_true) (lower is better); temperature: the factor "
+            "on the predicted spreads that `MosaicModel.calibrate` fitted for this query on held-out training "
+            "rows (never the test split) and `predict` applied (1 = as trained).", "",
+            *_table(["condition", "target", *keys], rows), ""]
 
 
 def _baselines_section(metrics) -> list[str]:
