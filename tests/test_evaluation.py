@@ -251,6 +251,20 @@ def test_headline_gains_follow_the_formula(evaluation):
     assert h["stellar_mass_gain_late_vs_early_sfh"] == pytest.approx(0.63, abs=1e-4)
 
 
+def test_headline_breakdown_bins_partition_the_test_set_and_carry_each_galaxys_gain(evaluation):
+    _, metrics, test, _ = evaluation
+    breakdown = metrics["headline_breakdown"]
+    for key, without, with_ in (("redshift_gain_spherex", 0.1, 0.05), ("stellar_mass_gain_late_vs_early_sfh", 0.1, 0.037)):
+        for axis, values in (("redshift", test["redshift"]), ("i_mag", test["lsst"][:, 3])):
+            bins = breakdown[key][axis]
+            assert sum(b["n"] for b in bins) == N_TEST
+            for b in bins:
+                assert b["n"] == int(((values >= b["range"][0]) & (values < b["range"][1])).sum())
+                assert b["mae_without"] == pytest.approx(without, rel=1e-5)
+                assert b["mae_with"] == pytest.approx(with_, rel=1e-5)
+                assert b["gain"] == pytest.approx(1 - with_ / without, rel=1e-4)
+
+
 def test_the_model_was_asked_for_every_target_of_every_condition(evaluation):
     _, _, _, model = evaluation
     asked = {tuple(inputs): set(targets) for inputs, targets in model.predict_calls}

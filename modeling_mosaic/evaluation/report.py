@@ -181,6 +181,38 @@ def headline_gains(results: Mapping[str, Mapping[str, dict]]) -> dict[str, float
     return {key: gain(mae(with_, name), mae(without, name)) for key, (name, with_, without) in HEADLINES.items()}
 
 
+#: Bins of the headline breakdown: true redshift, and LSST i-band asinh magnitude (index 3 of ugrizy).
+BREAKDOWN_REDSHIFT_EDGES = (0.0, 0.3, 0.6, 1.0, 1.5, 2.0, 3.5)
+BREAKDOWN_I_MAG_EDGES = (0.0, 22.0, 23.5, 24.5, 25.5, 26.5, 40.0)
+
+
+def headline_breakdown(test: Mapping[str, np.ndarray], predictions) -> dict:
+    """Where each headline gain comes from: MAE without and with the extra input, and the gain, in bins of
+    true redshift and of i magnitude (the galaxies a survey sees differ from the catalog's mix)."""
+    axes = {"redshift": (np.asarray(test["redshift"]), BREAKDOWN_REDSHIFT_EDGES)}
+    if "lsst" in test:
+        axes["i_mag"] = (np.asarray(test["lsst"])[:, 3], BREAKDOWN_I_MAG_EDGES)
+    out = {}
+    for key, (name, with_, without) in HEADLINES.items():
+        if with_ not in predictions or without not in predictions:
+            continue
+        truth = np.asarray(test[name], dtype=np.float64)
+        error_with = np.abs(predictions[with_][name] - truth)
+        error_without = np.abs(predictions[without][name] - truth)
+        out[key] = {}
+        for axis, (values, edges) in axes.items():
+            rows = []
+            for low, high in zip(edges[:-1], edges[1:]):
+                inside = (values >= low) & (values < high)
+                if inside.sum() == 0:
+                    continue
+                mae_with, mae_without = float(error_with[inside].mean()), float(error_without[inside].mean())
+                rows.append({"range": [low, high], "n": int(inside.sum()), "mae_without": mae_without,
+                             "mae_with": mae_with, "gain": gain(mae_with, mae_without)})
+            out[key][axis] = rows
+    return out
+
+
 def embedding_maps(model, test, conditions, batch_size: int, seed: int):
     """2-D maps of the pooled last hidden state ('all') of up to MAX_EMBED test galaxies per condition.
     Returns (maps, rows embedded, method)."""
@@ -239,6 +271,7 @@ def run_evaluation(
         "condition_descriptions": {c.name: c.description for c in conditions},
         "skipped_conditions": [c.name for c in CONDITIONS if c not in conditions],
         "headline": headline_gains(results),
+        "headline_breakdown": headline_breakdown(test, predictions),
         "paper_headline": PAPER_GAINS,
         "nmae_definition": NMAE_DEFINITION,
         "baselines": {},
@@ -277,7 +310,7 @@ def run_evaluation(
 def card_summary(metrics) -> str:
     """The model card's evaluation section: headline gains and redshift / stellar-mass MAE per condition."""
     lines = [f"`mosaic-evaluate` on {metrics['n_test']} test galaxies of `{metrics['data']}`.", "",
-             *_headline_section(metrics)[2:]]
+             *_headline_table(metrics), ""]
     rows = []
     for condition, targets in metrics["conditions"].items():
         cells = [_fmt(targets[n]["mae"]) if n in targets else "given" for n in ("redshift", "log_stellar_mass")]
@@ -331,6 +364,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _headline_section(metrics) -> list[str]:
+    lines = ["## Headline gains", "", *_headline_table(metrics), ""]
+    labels = {"redshift": "true redshift", "i_mag": "LSST i (asinh mag)"}
+    for key, axes in metrics.get("headline_breakdown", {}).items():
+        name, with_, without = HEADLINES[key]
+        for axis, bins in axes.items():
+            table = [[f"{b['range'][0]:g} - {b['range'][1]:g}", str(b["n"]), _fmt(b["mae_without"], 3),
+                      _fmt(b["mae_with"], 3), _fmt(b["gain"], 3)] for b in bins]
+            lines += [f"{key} by {labels[axis]}:", "",
+                      *_table([labels[axis], "galaxies", f"MAE {without}", f"MAE {with_}", "gain"], table), ""]
+    return lines
+
+
+def _headline_table(metrics) -> list[str]:
     base_gains = metrics.get("baselines", {}).get("gains", {})
     header = ["gain = 1 - MAE_with / MAE_without", "MOSAIC", "paper (Xia et al. 2025, fig. 2)",
               *(f"baseline {e}" for e in base_gains)]
@@ -338,7 +384,7 @@ def _headline_section(metrics) -> list[str]:
     for key, (name, with_, without) in HEADLINES.items():
         rows.append([f"{key} ({name}: {with_} vs {without})", _fmt(metrics["headline"][key], 3),
                      _fmt(PAPER_GAINS[key], 2), *(_fmt(g.get(key), 3) for g in base_gains.values())])
-    return ["## Headline gains", "", *_table(header, rows), ""]
+    return _table(header, rows)
 
 
 def _conditions_section(metrics) -> list[str]:
