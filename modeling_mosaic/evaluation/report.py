@@ -158,7 +158,10 @@ def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[C
         missing = [t for t in targets if t not in output]
         if missing:
             raise ValueError(f"model.predict returned no {missing} for condition {condition.name!r}")
-        predictions[condition.name] = {t: np.asarray(output[t], dtype=np.float32) for t in targets}
+        # A probabilistic model is scored on its medians, the points that minimise the absolute error (its
+        # means in physical units follow the tails of a wide log-space Gaussian).
+        predictions[condition.name] = {t: np.asarray(output.get(f"{t}_p50", output[t]), dtype=np.float32)
+                                       for t in targets}
         results[condition.name] = {
             t: score_target(condition, t, test[t], predictions[condition.name][t]) for t in targets
         }
@@ -267,6 +270,8 @@ def run_evaluation(
         "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", ""),
         "data": os.fspath(data_dir),
         "modalities": list(modalities),
+        "point_prediction": ("median of the predictive distribution" if is_probabilistic(model)
+                             else "the point head's output"),
         "conditions": results,
         "condition_descriptions": {c.name: c.description for c in conditions},
         "skipped_conditions": [c.name for c in CONDITIONS if c not in conditions],
@@ -481,7 +486,8 @@ def render_report(metrics: Mapping, figures: Mapping[str, str]) -> str:
     """REPORT.md from the metrics dictionary and the figure file names (relative to the report)."""
     lines = ["# MOSAIC evaluation", "",
              f"Model `{metrics['model']}`, data `{metrics['data']}`, {metrics['n_test']} test galaxies "
-             f"(of {metrics['n_test_available']}). Conditions: {', '.join(metrics['conditions'])}."]
+             f"(of {metrics['n_test_available']}). Conditions: {', '.join(metrics['conditions'])}. "
+             f"Point predictions scored: {metrics.get('point_prediction', 'the point head output')}."]
     if metrics["skipped_conditions"]:
         lines.append(f"Skipped (the model lacks an input modality): {', '.join(metrics['skipped_conditions'])}.")
     lines.append("")
