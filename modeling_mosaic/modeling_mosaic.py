@@ -2,16 +2,19 @@
 
 A galaxy is one flat vector of every configured modality, in physical units, with NaN for what is missing.
 The model applies the registry's learning transform and the config's normalisation itself, cuts each
-modality into tokens (a scalar is one token, a vector one token per patch), and runs a pre-norm transformer
+modality into tokens (a scalar is one token, a vector one token per patch; a patch is embedded from its
+values, which are visible, and, with `step_inputs`, each value's standardised step from its neighbour: the
+colours of a photometric patch), and runs a pre-norm transformer
 in which a token with nothing visible (a "query" token) is attended by no one but itself. A query token's
 output therefore depends only on the visible tokens and its own position, so `predict` runs the encoder on
 the tokens it is given plus the tokens it is asked for, and nothing else, with the same result as the full
 sequence. Linear heads map every token back to its patch values; the loss is the error on hidden elements.
 
 With `head_type="gaussian"` the heads give every element a mean and a log-variance (trained by the
-beta-weighted Gaussian negative log-likelihood) and the redshift token a mixture of Gaussians in normalised log10(1 + z), so that
-`predict` can return uncertainties, samples and photo-z posteriors. With `error_inputs` each element's
-measurement error enters its token's embedding beside its value, so a noisy band counts less.
+beta-weighted Gaussian negative log-likelihood) and the redshift token a mixture of Gaussians in normalised
+log10(1 + z), so that `predict` can return uncertainties, samples and photo-z posteriors, with spreads
+calibrated per query by `calibrate`. With `error_inputs` each element's measurement error enters its
+token's embedding beside its value, so a noisy band counts less.
 
 This file is remote code: it imports only numpy, torch, transformers and (relatively) its own package files.
 """
