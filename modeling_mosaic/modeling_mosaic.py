@@ -154,7 +154,7 @@ class MosaicLayout(nn.Module):
         table = getattr(self, name)
         return table if elements is None else table[elements]
 
-    def normalize(self, values: torch.Tensor, elements: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def normalize(self, values: torch.Tensor, elements: torch.Tensor | None = None):
         """Physical (B, E) values of `elements` (default all D) -> (normalised learning-space values with 0 where
         missing, present = finite)."""
         scale, offset, log, mean, std = (self._table(n, elements) for n in ("scale", "offset", "log", "mean", "std"))
@@ -221,8 +221,8 @@ class MosaicLayout(nn.Module):
 
 class MosaicEmbeddings(nn.Module):
     """A token's patch values and visibility flags (with `step_inputs` its elements' standardised steps, with
-    `error_inputs` their errors) -> one hidden vector through its modality's linear map, plus learned position and modality embeddings, plus a
-    mask embedding for a token with nothing visible.
+    `error_inputs` their errors) -> one hidden vector through its modality's linear map, plus learned position
+    and modality embeddings, plus a mask embedding for a token with nothing visible.
 
     The per-modality maps live in one weight bank, gathered per token, so every modality embeds in one einsum.
     """

@@ -261,9 +261,10 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     n_train = len(train) - n_val
     if data_args.max_train_samples:
         n_train = min(n_train, data_args.max_train_samples)
-    sample = train.select(range(min(n_train, STEP_STATISTICS_ROWS))).with_format("numpy", columns=model_args.modalities)
+    sample = train.select(range(min(n_train, STEP_STATISTICS_ROWS)))
     set_seed(training_args.seed)  # the initial weights depend on the seed alone, not on what ran before
-    model = build_model(model_args, read_normalization(path), sample[:])
+    model = build_model(model_args, read_normalization(path),
+                        sample.with_format("numpy", columns=list(model_args.modalities))[:])
     config = model.config
     columns = [*config.modalities, "galaxy_id", *noise_columns(config)]
     val = train.select(range(len(train) - n_val, len(train)))
