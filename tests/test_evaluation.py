@@ -312,6 +312,9 @@ def test_sfh_convention_is_read_from_the_catalog(tmp_path):
     assert sfh_convention_of(tmp_path) == "unknown"
     (tmp_path / "catalog.json").write_text(json.dumps({"provenance": {"options": {"sfh_convention": "full"}}}))
     assert sfh_convention_of(tmp_path) == "full"
+    options = {"sfh_convention": "observed", "sfh_model": "diffstar"}
+    (tmp_path / "catalog.json").write_text(json.dumps({"provenance": {"options": options}}))
+    assert sfh_convention_of(tmp_path) == "observed diffstar"
 
 
 def test_sfh_conventions_integrate_on_the_registry_grid():

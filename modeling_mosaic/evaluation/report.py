@@ -83,13 +83,15 @@ def _column_to_numpy(array: pa.Array, name: str, source: str) -> np.ndarray:
 
 
 def sfh_convention_of(data_dir) -> str:
-    """The catalog's SFH convention ("observed": zero after the epoch, or "full") from its catalog.json;
-    "unknown" for a catalog without one (e.g. a bare Parquet folder)."""
+    """The catalog's SFH convention ("observed": zero after the epoch, or "full") from its catalog.json,
+    followed by the SFH model where it is not the default parametric one ("observed diffstar"); "unknown" for
+    a catalog without one (e.g. a bare Parquet folder)."""
     path = Path(data_dir) / "catalog.json"
     if not path.exists():
         return "unknown"
     options = json.loads(path.read_text()).get("provenance", {}).get("options", {})
-    return options.get("sfh_convention", "unknown")
+    convention, model = options.get("sfh_convention", "unknown"), options.get("sfh_model", "parametric")
+    return convention if model == "parametric" else f"{convention} {model}"
 
 
 def _take(columns: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
