@@ -228,3 +228,28 @@ def test_catalog_pushes_as_a_dataset_repo_that_load_dataset_reads(catalog, tmp_p
     np.testing.assert_array_equal(pulled["galaxy_id"], local["galaxy_id"])
     np.testing.assert_array_equal(pulled["lsst"], np.stack(local["lsst"]))
     np.testing.assert_array_equal(pulled["redshift"], local["redshift"])
+
+
+def test_columnar_batches_equal_datasets_numpy_rows_and_null_vectors_become_nan(catalog):
+    """The bulk Arrow -> numpy path gives what datasets' numpy formatting gives, dtypes included, in the
+    sampler's (shuffled) order, and a null vector (a modality the catalog lacks for a galaxy) is all NaN."""
+    import datasets
+
+    from modeling_mosaic.catalog.io import load_catalog
+    from modeling_mosaic.training import ColumnarDataset
+
+    train = load_catalog(catalog, split="train")
+    columns = ["redshift", "sfh", "lsst", "galaxy_id"]
+    rows = [7, 0, 31, 7]
+    fast = ColumnarDataset(train, columns).__getitems__(rows)
+    slow = train.with_format("numpy", columns=columns)[rows]
+    for name in columns:
+        assert fast[name].dtype == slow[name].dtype and fast[name].shape == slow[name].shape, name
+        np.testing.assert_array_equal(fast[name], slow[name])
+
+    features = datasets.Features({"sfh": datasets.Sequence(datasets.Value("float32"), length=100),
+                                  "galaxy_id": datasets.Value("int64")})
+    holes = datasets.Dataset.from_dict({"sfh": [[1.0] * 100, None], "galaxy_id": [1, 2]}, features=features)
+    batch = ColumnarDataset(holes, ["sfh", "galaxy_id"]).__getitems__([1, 0])
+    assert np.isnan(batch["sfh"][0]).all() and (batch["sfh"][1] == 1.0).all()
+    np.testing.assert_array_equal(batch["galaxy_id"], [2, 1])

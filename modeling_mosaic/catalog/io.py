@@ -12,9 +12,12 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
 from datasets.packaged_modules.parquet.parquet import Parquet
 
+from ..modalities import MODALITY_NAMES, get_modality
 from .features import catalog_features
 from .stats import load_normalization
 
@@ -73,3 +76,25 @@ def read_normalization(path_or_hub_id: str | os.PathLike) -> dict:
     from huggingface_hub import hf_hub_download
 
     return load_normalization(hf_hub_download(str(path_or_hub_id), NORMALIZATION_FILE, repo_type="dataset"))
+
+
+def arrow_to_numpy(array: pa.Array | pa.ChunkedArray, name: str, source: str) -> np.ndarray:
+    """One catalog column as numpy, in bulk (datasets' numpy formatting converts list columns row by row):
+    a vector column as float32 (rows, length) with null rows NaN, any other column in its own dtype."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not pa.types.is_list(array.type) and not pa.types.is_fixed_size_list(array.type):
+        return array.to_numpy(zero_copy_only=False)
+    valid = np.asarray(array.is_valid())
+    values = np.asarray(array.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    if name in MODALITY_NAMES:
+        length = get_modality(name).length
+    elif pa.types.is_fixed_size_list(array.type):
+        length = array.type.list_size
+    else:
+        length = values.size // max(int(valid.sum()), 1)
+    if values.size != valid.sum() * length:
+        raise ValueError(f"{source}: column {name!r} must hold vectors of length {length}")
+    out = np.full((len(array), length), np.nan, dtype=np.float32)
+    out[valid] = values.reshape(-1, length)
+    return out

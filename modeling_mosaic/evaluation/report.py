@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..card import replace_section
+from ..catalog.io import arrow_to_numpy
 from ..modalities import MODALITY_NAMES, get_modality
 from .baselines import MAX_TRAIN, TASKS, THREADS, run_baselines, sfh_convention_ablation, subsample_rows
 from .conditions import CONDITIONS, Condition
@@ -66,20 +67,8 @@ def read_split(data_dir, split: str, columns: Sequence[str]) -> dict[str, np.nda
     if missing:
         raise ValueError(f"{files[0]}: missing column(s) {missing}")
     table = pa.concat_tables(pq.read_table(f, columns=list(columns)) for f in files)
-    return {c: _column_to_numpy(table.column(c).combine_chunks(), c, files[0]) for c in columns}
-
-
-def _column_to_numpy(array: pa.Array, name: str, source: str) -> np.ndarray:
-    if not pa.types.is_list(array.type) and not pa.types.is_fixed_size_list(array.type):
-        return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float64)
-    length = get_modality(name).length if name in MODALITY_NAMES else array.type.list_size
-    out = np.full((len(array), length), np.nan, dtype=np.float32)
-    valid = np.asarray(array.is_valid())
-    values = np.asarray(array.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-    if values.size != valid.sum() * length:
-        raise ValueError(f"{source}: column {name!r} must hold vectors of length {length}")
-    out[valid] = values.reshape(-1, length)
-    return out
+    columns = {c: arrow_to_numpy(table.column(c), c, files[0]) for c in columns}
+    return {c: v if v.ndim == 2 else np.asarray(v, dtype=np.float64) for c, v in columns.items()}
 
 
 def sfh_convention_of(data_dir) -> str:
