@@ -50,7 +50,7 @@ def flop_terms(config, tokens: int | None = None) -> dict:
     # A gaussian head also predicts log-variances (2P outputs) and, for redshift, a K-component mixture (3K).
     gaussian = getattr(config, "head_type", "point") == "gaussian"
     mixture = 2 * h * 3 * config.redshift_mixture_components if gaussian and "redshift" in config.modalities else 0
-    inputs = (3 if getattr(config, "error_inputs", False) else 2) * patch  # values, visibility (errors)
+    inputs = (2 + config.step_inputs + config.error_inputs) * patch  # values, visibility (steps, errors)
     return {
         "blocks": float(t * layers * (2 * (4 * h * h + 2 * h * i) + 4 * t * h)),
         "embeddings": float(t * 2 * inputs * h),
