@@ -59,7 +59,7 @@ def config_file_to_argv(path: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------ data
 class ColumnarDataset(torch.utils.data.Dataset):
     """A catalog split seen as columns: a batch is one Arrow gather turned into numpy arrays column by column
-    (datasets' numpy formatting converts vector columns row by row, 30% of a demo training step).
+    (datasets' numpy formatting converts vector columns row by row: 19.5 ms of a 134 ms demo step; 6.3 here).
 
     `task` (a name of EVAL_TASKS) marks an evaluation set whose batches get that task's fixed mask.
     """
