@@ -156,7 +156,9 @@ def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[C
         results[condition.name] = {
             t: score_target(condition, t, test[t], predictions[condition.name][t]) for t in targets
         }
-        temperatures = model.temperatures_for(condition.inputs(_take(test, np.arange(1)))) if probabilistic else {}
+        # (a checkpoint whose remote code predates calibration has no temperatures: they are 1)
+        calibrated = probabilistic and hasattr(model, "temperatures_for")
+        temperatures = model.temperatures_for(condition.inputs(_take(test, np.arange(1)))) if calibrated else {}
         for name in CALIBRATED_TARGETS if probabilistic else ():
             if name in targets:
                 scores, pit = calibration(name, test[name], output)
