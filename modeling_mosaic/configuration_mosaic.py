@@ -77,9 +77,10 @@ class MosaicConfig(PretrainedConfig):
         noise_scale: [min, max] range of a per-galaxy factor on those errors (drawn uniformly), so one catalog
             also serves many depths.
         calibration: gaussian head: a list of {"given": {name: [[start, stop], ...]}, "temperature": {target:
-            t}}, fitted by `MosaicModel.calibrate` on held-out galaxies. `predict` multiplies the predicted
-            spreads of `target` by t for rows whose given elements are exactly those ranges (element indices
-            within each modality); other rows are left as trained.
+            t}, "shift": {target: d}}, fitted by `MosaicModel.calibrate` on held-out galaxies. For rows whose
+            given elements are exactly those ranges (element indices within each modality) `predict` moves
+            the predictive distribution of `target` by d of its predicted standard deviations and multiplies
+            its spreads by t; other rows are left as trained. A missing shift is 0.
     """
 
     model_type = "mosaic"
@@ -184,9 +185,9 @@ class MosaicConfig(PretrainedConfig):
         self.set_normalization({**default, **(normalization or {})})
 
     def _checked_calibration(self, entry) -> dict:
-        """One `calibration` entry with its names, ranges and temperatures validated."""
-        given, temperature = dict(entry["given"]), dict(entry["temperature"])
-        for name in (*given, *temperature):
+        """One `calibration` entry with its names, ranges, temperatures and shifts validated."""
+        given, temperature, shift = dict(entry["given"]), dict(entry["temperature"]), dict(entry.get("shift", {}))
+        for name in (*given, *temperature, *shift):
             if name not in self.modalities:
                 raise ValueError(f"calibration: {name!r} is not one of the modalities {self.modalities}")
         for name, ranges in given.items():
@@ -194,8 +195,11 @@ class MosaicConfig(PretrainedConfig):
                 raise ValueError(f"calibration: the given ranges of {name!r} must lie in 0..{MODALITIES[name].length}")
         if not all(math.isfinite(float(t)) and float(t) > 0 for t in temperature.values()):
             raise ValueError(f"calibration: temperatures must be finite and positive, got {temperature}")
+        if not all(math.isfinite(float(d)) for d in shift.values()):
+            raise ValueError(f"calibration: shifts must be finite, got {shift}")
         return {"given": {n: [[int(a), int(b)] for a, b in r] for n, r in given.items()},
-                "temperature": {n: float(t) for n, t in temperature.items()}}
+                "temperature": {n: float(t) for n, t in temperature.items()},
+                "shift": {n: float(d) for n, d in shift.items()}}
 
     # ------------------------------------------------------------------------------------------ layout
     @property

@@ -298,13 +298,13 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     trainer.log_metrics("train", result.metrics)
     metrics = trainer.evaluate()
     if config.head_type == "gaussian":
-        # Temperatures for the figure-2 queries, fitted on the held-out rows and saved in the config.
+        # Shifts and temperatures for the figure-2 queries, fitted on the held-out rows and saved in the config.
         from .evaluation.conditions import calibrate_for_conditions
 
         held_out = val.with_format("numpy", columns=list(config.modalities))[:]
         fitted = calibrate_for_conditions(trainer.model.eval(), held_out)
-        metrics.update({f"calibration_{c}_{t}": v for c, ts in fitted.items() for t, v in ts.items()
-                        if t in ("redshift", "log_stellar_mass")})
+        metrics.update({f"calibration_{c}_{t}_{k}": v for c, ts in fitted.items() for t, f in ts.items()
+                        for k, v in f.items() if t in ("redshift", "log_stellar_mass")})
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():

@@ -18,6 +18,7 @@ from modeling_mosaic.evaluation.metrics import (
     crps_gaussian,
     pit_from_grid,
     pit_gaussian,
+    ks_p_value,
     pit_ks,
 )
 
@@ -30,6 +31,18 @@ def test_coverage_and_ks_of_five_pit_values():
     # KS: max over i of i/n - u_(i) and u_(i) - (i-1)/n; the largest is 0.9 - 3/5
     assert pit_ks(PITS) == pytest.approx(0.3)
     assert pit_ks((np.arange(100) + 0.5) / 100) == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("n", [50, 2000, 20000])
+def test_ks_p_value_matches_the_exact_kolmogorov_distribution(n):
+    """Within 5% of scipy's exact one-sample KS survival function at the p-values that decide "flat within
+    noise" (0.2 to 0.01), and 1 at a distance of 0."""
+    from scipy.stats import kstwo
+
+    for p in (0.2, 0.05, 0.01):
+        statistic = kstwo.isf(p, n)
+        assert ks_p_value(statistic, n) == pytest.approx(p, rel=0.05)
+    assert ks_p_value(0.0, n) == 1.0
 
 
 def test_gaussian_pit_and_crps_closed_forms():
@@ -73,9 +86,9 @@ class CalibratedModel:
         self.truth = truth
         self.z = norm.ppf((np.random.default_rng(seed).permutation(n) + 0.5) / n)
 
-    def temperatures_for(self, inputs):
+    def calibration_for(self, inputs):
         assert set(inputs) == {"lsst"} and len(inputs["lsst"]) == 1
-        return {"redshift": 1.25}
+        return {"temperature": {"redshift": 1.25}, "shift": {"redshift": -0.1}}
 
     def predict(self, inputs, targets=None, batch_size=4096, return_uncertainty=False, redshift_grid=None):
         assert return_uncertainty and redshift_grid is not None
@@ -105,6 +118,8 @@ def test_a_probabilistic_model_gets_calibration_entries_a_table_and_a_pit_figure
     assert set(pits) == {"lsst"} and pits["lsst"].shape == (n,)
     assert results["lsst"]["redshift"]["temperature"] == 1.25
     assert results["lsst"]["log_stellar_mass"]["temperature"] == 1.0
+    assert results["lsst"]["redshift"]["shift"] == -0.1 and results["lsst"]["log_stellar_mass"]["shift"] == 0.0
+    assert all(results["lsst"][name]["pit_ks_p"] > 0.99 for name in ("redshift", "log_stellar_mass"))
 
     table = "\n".join(report._calibration_section({"conditions": results}))
     assert "## Calibration" in table and "| lsst | redshift | 0.68" in table

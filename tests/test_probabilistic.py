@@ -108,44 +108,95 @@ def test_heteroscedastic_noise_is_recovered(heteroscedastic):
                                out["log_stellar_mass_std"] * 0.9944579, rtol=1e-4)
 
 
-def test_calibrate_recovers_a_known_noise_inflation_and_touches_only_matching_rows(heteroscedastic, tmp_path):
-    """Held-out galaxies whose noise is 1.6x the training noise: `calibrate` finds a temperature of 1.6 (within
-    10%), after which the 68% and 95% coverages are nominal within 0.03; means do not move, rows given other
-    elements keep their spreads, and the temperatures survive save/load."""
+def test_calibrate_recovers_a_known_bias_and_noise_inflation_and_touches_only_matching_rows(heteroscedastic, tmp_path):
+    """Held-out galaxies whose truth sits 0.5 sigma(x) above the training relation with 1.6x its noise:
+    `calibrate` finds the shift that moves the model's means onto the new relation (0.5 less the model's own
+    bias, in predicted sigmas; within 0.05) and a temperature of 1.6 (within 10%), after which the 68%
+    and 95% coverages are nominal within 0.03 and the PIT is flat (KS p >= 0.01) on other rows; means move by
+    the shift times the predicted std, rows given other elements are left alone, and the entry survives
+    save/load."""
     import copy
 
-    from modeling_mosaic.evaluation.metrics.functions import coverage, pit_gaussian
+    from modeling_mosaic.evaluation.metrics.functions import coverage, ks_p_value, pit_gaussian, pit_ks
 
     model = copy.deepcopy(heteroscedastic[0])
     rng = np.random.default_rng(7)
     x = rng.uniform(11.0, 14.0, 6000)
-    truth = toy_stellar_mass(rng, x, noise_factor=1.6)
+    truth = toy_stellar_mass(rng, x, noise_factor=1.6) + 0.5 * toy_sigma(x)
     before = model.predict({"log_halo_mass": x}, targets=["log_stellar_mass"], return_uncertainty=True)
-    fitted = model.calibrate({"log_halo_mass": x[:3000]}, {"log_stellar_mass": truth[:3000]})
-    assert fitted["log_stellar_mass"] == pytest.approx(1.6, rel=0.1)
+    fitted = model.calibrate({"log_halo_mass": x[:3000]}, {"log_stellar_mass": truth[:3000]})["log_stellar_mass"]
+    assert fitted["temperature"] == pytest.approx(1.6, rel=0.1)
+    relation = 0.8 * x[:3000] + 0.5 + 0.5 * toy_sigma(x[:3000])
+    bias = np.mean((relation - before["log_stellar_mass"][:3000]) / before["log_stellar_mass_std"][:3000])
+    assert 0.3 < bias < 0.7 and fitted["shift"] == pytest.approx(bias, abs=0.05)
     assert model.config.calibration == [{"given": {"log_halo_mass": [[0, 1]]},
-                                         "temperature": {"log_stellar_mass": fitted["log_stellar_mass"]}}]
+                                         "temperature": {"log_stellar_mass": fitted["temperature"]},
+                                         "shift": {"log_stellar_mass": fitted["shift"]}}]
+    assert model.calibration_for({"log_halo_mass": x[:1]}) == {k: model.config.calibration[0][k]
+                                                                 for k in ("temperature", "shift")}
 
     after = model.predict({"log_halo_mass": x}, targets=["log_stellar_mass"], return_uncertainty=True)
-    np.testing.assert_array_equal(after["log_stellar_mass"], before["log_stellar_mass"])
-    np.testing.assert_allclose(after["log_stellar_mass_std"], before["log_stellar_mass_std"] * fitted["log_stellar_mass"],
+    point = model.predict({"log_halo_mass": x}, targets=["log_stellar_mass"])
+    np.testing.assert_allclose(after["log_stellar_mass"] - before["log_stellar_mass"],
+                               fitted["shift"] * before["log_stellar_mass_std"], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(point["log_stellar_mass"], after["log_stellar_mass"], rtol=1e-6)
+    np.testing.assert_allclose(after["log_stellar_mass_std"], before["log_stellar_mass_std"] * fitted["temperature"],
                                rtol=1e-5)
     pit = pit_gaussian(after["log_stellar_mass"][3000:], after["log_stellar_mass_std"][3000:], truth[3000:])
     assert abs(coverage(pit, 0.68) - 0.68) < 0.03 and abs(coverage(pit, 0.95) - 0.95) < 0.03
+    assert ks_p_value(pit_ks(pit), pit.size) >= 0.01
 
     mixed = np.where(np.arange(4) < 2, 12.0, np.nan)  # two rows given the halo mass, two given nothing
     raw = heteroscedastic[0].predict({"log_halo_mass": mixed}, targets=["log_stellar_mass"], return_uncertainty=True)
     scaled = model.predict({"log_halo_mass": mixed}, targets=["log_stellar_mass"], return_uncertainty=True)
     ratio = scaled["log_stellar_mass_std"] / raw["log_stellar_mass_std"]
-    np.testing.assert_allclose(ratio, [fitted["log_stellar_mass"]] * 2 + [1.0] * 2, rtol=1e-5)
+    np.testing.assert_allclose(ratio, [fitted["temperature"]] * 2 + [1.0] * 2, rtol=1e-5)
+    np.testing.assert_array_equal(scaled["log_stellar_mass"][2:], raw["log_stellar_mass"][2:])
 
     model.save_pretrained(tmp_path)
     reloaded = MosaicModel.from_pretrained(tmp_path).eval()
     assert reloaded.config.calibration == model.config.calibration
     again = reloaded.predict({"log_halo_mass": mixed}, targets=["log_stellar_mass"], return_uncertainty=True)
     np.testing.assert_allclose(again["log_stellar_mass_std"], scaled["log_stellar_mass_std"], rtol=1e-6)
+    np.testing.assert_allclose(again["log_stellar_mass"], scaled["log_stellar_mass"], rtol=1e-6)
     with pytest.raises(ValueError, match="same elements"):
         model.calibrate({"log_halo_mass": mixed}, {"log_stellar_mass": np.ones(4)})
+
+
+def test_a_shifted_redshift_mixture_moves_its_pdf_percentiles_samples_and_mean_together(tmp_path):
+    """A calibration shift d moves every view of the redshift posterior consistently: in learning space the
+    percentiles and the samples all move by d times the mixture's std, the physical mean moves the same way,
+    and the pdf on the grid has the shifted median."""
+    torch.manual_seed(0)
+    config = MosaicConfig(modalities=["redshift", "log_halo_mass"], head_type="gaussian", **TINY)
+    model = MosaicModel(config).eval()
+    with torch.no_grad():  # a narrow bimodal posterior that lies well inside the pdf's grid
+        model.redshift_head.weight.mul_(0.1)
+        k = config.redshift_mixture_components
+        model.redshift_head.bias.copy_(torch.cat([torch.zeros(k), torch.linspace(-0.4, 0.4, k), torch.full((k,), -2.0)]))
+    inputs = {"log_halo_mass": np.linspace(11.0, 14.0, 16)}
+    kwargs = {"targets": ["redshift"], "return_uncertainty": True, "num_samples": 64, "seed": 3}
+    before = model.predict(inputs, **kwargs)
+    model.config.calibration = [{"given": {"log_halo_mass": [[0, 1]]}, "temperature": {"redshift": 1.0},
+                                 "shift": {"redshift": 0.3}}]
+    after = model.predict(inputs, **kwargs)
+    to_learning = MODALITIES["redshift"].to_learning
+    values = torch.from_numpy(config.flatten(inputs))
+    raw = model(values, torch.isfinite(values))
+    element = config.modality_slices["redshift"].start
+    move = 0.3 * np.exp(0.5 * raw.log_variances[:, element].detach().double().numpy()) * model.layout.std[element].item()
+    for key in ("redshift_p16", "redshift_p50", "redshift_p84"):
+        np.testing.assert_allclose(to_learning(after[key]) - to_learning(before[key]), move, rtol=1e-4, atol=1e-6)
+    moved_samples = to_learning(after["redshift_samples"]) - to_learning(before["redshift_samples"])
+    unclipped = (before["redshift_samples"] > 0) & (after["redshift_samples"] > 0)  # z < 0 is clipped to 0
+    assert unclipped.mean() > 0.5
+    np.testing.assert_allclose(moved_samples[unclipped], np.broadcast_to(move[:, None], moved_samples.shape)[unclipped],
+                               rtol=1e-4, atol=1e-6)
+    assert (after["redshift"] > before["redshift"]).all()  # the physical mean follows the move
+    cdf = np.concatenate([np.zeros((16, 1)), np.cumsum(0.5 * (after["redshift_pdf"][:, 1:]
+                                                             + after["redshift_pdf"][:, :-1]) * np.diff(GRID), axis=1)], 1)
+    median_of_pdf = np.array([np.interp(0.5, c, GRID) for c in cdf])
+    np.testing.assert_allclose(median_of_pdf, after["redshift_p50"], atol=0.01)  # the grid's spacing
 
 
 def test_bimodal_redshift_is_recovered_as_two_modes():

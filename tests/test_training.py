@@ -83,7 +83,7 @@ def test_tiny_run_saves_a_loadable_checkpoint_with_card_and_data_statistics(cata
     assert any("eval_masked_loss" in h for h in history)
 
 
-def test_gaussian_run_saves_temperatures_for_the_figure2_queries(catalog, tmp_path):
+def test_gaussian_run_saves_calibration_for_the_figure2_queries(catalog, tmp_path):
     from transformers import AutoModel
 
     from modeling_mosaic.evaluation.conditions import SFH_LATE
@@ -99,6 +99,9 @@ def test_gaussian_run_saves_temperatures_for_the_figure2_queries(catalog, tmp_pa
     lsst_only = entries[json.dumps({"lsst": [[0, 6]]})]
     assert set(lsst_only) == set(model.config.modalities) - {"lsst"}
     assert all(0.2 <= t <= 5.0 for temperatures in entries.values() for t in temperatures.values())
+    shifts = [e["shift"] for e in model.config.calibration]
+    assert all(set(s) == set(e["temperature"]) for s, e in zip(shifts, model.config.calibration))
+    assert all(-1.0 <= d <= 1.0 for s in shifts for d in s.values())
 
 
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(catalog, trained, tmp_path):

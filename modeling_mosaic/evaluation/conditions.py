@@ -93,8 +93,9 @@ def get_condition(name: str) -> Condition:
 
 
 def calibrate_for_conditions(model, columns: Mapping[str, np.ndarray], conditions=CONDITIONS) -> dict:
-    """Fit a probabilistic model's temperatures (`MosaicModel.calibrate`) for each condition it can run, on
-    held-out `columns` (never the test split), for every target; returns {condition: {target: t}}."""
+    """Fit a probabilistic model's shifts and temperatures (`MosaicModel.calibrate`) for each condition it can
+    run, on held-out `columns` (never the test split), for every target; returns {condition: {target:
+    {"temperature": t, "shift": d}}}."""
     modalities = tuple(model.config.modalities)
     fitted = {}
     for condition in conditions:

@@ -156,13 +156,14 @@ def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[C
         results[condition.name] = {
             t: score_target(condition, t, test[t], predictions[condition.name][t]) for t in targets
         }
-        # (a checkpoint whose remote code predates calibration has no temperatures: they are 1)
-        calibrated = probabilistic and hasattr(model, "temperatures_for")
-        temperatures = model.temperatures_for(condition.inputs(_take(test, np.arange(1)))) if calibrated else {}
+        # (a checkpoint whose remote code predates shifts has no `calibration_for`: it reports none)
+        calibrated = probabilistic and hasattr(model, "calibration_for")
+        fitted = model.calibration_for(condition.inputs(_take(test, np.arange(1)))) if calibrated else {}
         for name in CALIBRATED_TARGETS if probabilistic else ():
             if name in targets:
                 scores, pit = calibration(name, test[name], output)
-                results[condition.name][name].update(scores, temperature=temperatures.get(name, 1.0))
+                results[condition.name][name].update(scores, temperature=fitted.get("temperature", {}).get(name, 1.0),
+                                                     shift=fitted.get("shift", {}).get(name, 0.0))
                 if pit is not None:
                     pits[condition.name] = pit
     return results, predictions, seconds, pits
@@ -410,7 +411,7 @@ def _conditions_section(metrics) -> list[str]:
 
 
 def _calibration_section(metrics) -> list[str]:
-    keys = ("coverage_68", "coverage_95", "pit_ks", "crps", "cde_loss", "temperature")
+    keys = ("coverage_68", "coverage_95", "pit_ks", "pit_ks_p", "crps", "cde_loss", "temperature", "shift")
     rows = [[c, name, *(_fmt(m.get(k), 3) for k in keys)]
             for c, targets in metrics["conditions"].items() for name, m in targets.items() if "pit_ks" in m]
     if not rows:
@@ -418,11 +419,13 @@ def _calibration_section(metrics) -> list[str]:
     return ["## Calibration of the predictive distributions", "",
             "coverage_68 / coverage_95: fraction of test galaxies whose truth lies in the central 68% / 95% "
             "interval (ideal 0.68 / 0.95); pit_ks: Kolmogorov-Smirnov distance of the PIT values from uniform "
-            "(0 = calibrated); crps: continuous ranked probability score in the target's units (redshift: on "
+            "(0 = calibrated); pit_ks_p: the probability that a calibrated model gives a distance this large on "
+            "this many galaxies (PIT flat within noise at the 5% level: p >= 0.05); crps: continuous ranked probability score in the target's units (redshift: on "
             f"the {REDSHIFT_GRID[0]:g}-{REDSHIFT_GRID[-1]:g} grid; stellar mass: Gaussian closed form); cde_loss: "
-            "RAIL's CDE loss, integral of p^2 dz - 2 mean p(z_true) (lower is better); temperature: the factor "
-            "on the predicted spreads that `MosaicModel.calibrate` fitted for this query on held-out training "
-            "rows (never the test split) and `predict` applied (1 = as trained).", "",
+            "RAIL's CDE loss, integral of p^2 dz - 2 mean p(z_true) (lower is better); temperature and shift: "
+            "the factor on the predicted spreads and the move in predicted standard deviations that "
+            "`MosaicModel.calibrate` fitted for this query on held-out training rows (never the test split) and "
+            "`predict` applied (1 and 0 = as trained).", "",
             *_table(["condition", "target", *keys], rows), ""]
 
 

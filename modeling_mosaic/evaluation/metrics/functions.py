@@ -226,6 +226,19 @@ def pit_ks(pit) -> float:
     return float(max(np.max(i / n - u), np.max(u - (i - 1) / n)))
 
 
+def ks_p_value(statistic: float, n: int) -> float:
+    """Probability that n draws from the uniform distribution give a KS statistic at least this large: the
+    Kolmogorov distribution at (sqrt(n) + 0.12 + 0.11 / sqrt(n)) * statistic (Stephens 1970), accurate to a
+    few per cent in p for n >= 35. "PIT flat within noise" at the 5% level means p >= 0.05."""
+    if n < 1:
+        raise ValueError(f"ks_p_value: n must be >= 1, got {n}")
+    x = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * float(statistic)
+    if x < 0.2:
+        return 1.0
+    k = np.arange(1, 101)
+    return float(np.clip(2.0 * np.sum((-1.0) ** (k - 1) * np.exp(-2.0 * k**2 * x**2)), 0.0, 1.0))
+
+
 def crps_gaussian(mean, std, truth) -> float:
     """Mean CRPS of Gaussian predictions, closed form (Gneiting & Raftery 2007):
     std * [z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)], z = (truth - mean) / std; |truth - mean| where std = 0."""
@@ -263,7 +276,9 @@ def cde_loss(grid, pdf, truth) -> float:
 
 
 def _pit_scores(pit) -> dict:
-    return {"coverage_68": coverage(pit, 0.68), "coverage_95": coverage(pit, 0.95), "pit_ks": pit_ks(pit)}
+    statistic = pit_ks(pit)
+    return {"coverage_68": coverage(pit, 0.68), "coverage_95": coverage(pit, 0.95), "pit_ks": statistic,
+            "pit_ks_p": ks_p_value(statistic, np.size(pit))}
 
 
 def gaussian_calibration(mean, std, truth) -> dict:
