@@ -233,9 +233,11 @@ def test_catalog_pushes_as_a_dataset_repo_that_load_dataset_reads(catalog, tmp_p
     np.testing.assert_array_equal(pulled["redshift"], local["redshift"])
 
 
-def test_columnar_batches_equal_datasets_numpy_rows_and_null_vectors_become_nan(catalog):
-    """The bulk Arrow -> numpy path gives what datasets' numpy formatting gives, dtypes included, in the
-    sampler's (shuffled) order, and a null vector (a modality the catalog lacks for a galaxy) is all NaN."""
+@pytest.mark.parametrize("max_in_memory_bytes", [2**40, 0], ids=["in-memory", "arrow-gather"])
+def test_columnar_batches_equal_datasets_numpy_rows_and_null_vectors_become_nan(catalog, max_in_memory_bytes):
+    """Both bulk paths (numpy arrays in memory, Arrow gathers) give what datasets' numpy formatting gives,
+    dtypes included, in the sampler's (shuffled) order, and a null vector (a modality the catalog lacks for a
+    galaxy) is all NaN."""
     import datasets
 
     from modeling_mosaic.catalog.io import load_catalog
@@ -244,7 +246,7 @@ def test_columnar_batches_equal_datasets_numpy_rows_and_null_vectors_become_nan(
     train = load_catalog(catalog, split="train")
     columns = ["redshift", "sfh", "lsst", "galaxy_id"]
     rows = [7, 0, 31, 7]
-    fast = ColumnarDataset(train, columns).__getitems__(rows)
+    fast = ColumnarDataset(train, columns, max_in_memory_bytes=max_in_memory_bytes).__getitems__(rows)
     slow = train.with_format("numpy", columns=columns)[rows]
     for name in columns:
         assert fast[name].dtype == slow[name].dtype and fast[name].shape == slow[name].shape, name
@@ -253,6 +255,8 @@ def test_columnar_batches_equal_datasets_numpy_rows_and_null_vectors_become_nan(
     features = datasets.Features({"sfh": datasets.Sequence(datasets.Value("float32"), length=100),
                                   "galaxy_id": datasets.Value("int64")})
     holes = datasets.Dataset.from_dict({"sfh": [[1.0] * 100, None], "galaxy_id": [1, 2]}, features=features)
-    batch = ColumnarDataset(holes, ["sfh", "galaxy_id"]).__getitems__([1, 0])
+    batch = ColumnarDataset(holes, ["sfh", "galaxy_id"], max_in_memory_bytes=max_in_memory_bytes).__getitems__([1, 0])
     assert np.isnan(batch["sfh"][0]).all() and (batch["sfh"][1] == 1.0).all()
     np.testing.assert_array_equal(batch["galaxy_id"], [2, 1])
+    assert (ColumnarDataset(holes, ["sfh"], max_in_memory_bytes=max_in_memory_bytes).arrays is None) == (
+        max_in_memory_bytes == 0)
