@@ -80,7 +80,8 @@ class MosaicConfig(PretrainedConfig):
             t}, "shift": {target: d}}, fitted by `MosaicModel.calibrate` on held-out galaxies. For rows whose
             given elements are exactly those ranges (element indices within each modality) `predict` moves
             the predictive distribution of `target` by d of its predicted standard deviations and multiplies
-            its spreads by t; other rows are left as trained. A missing shift is 0.
+            its spreads by t; other rows are left as trained. A missing shift is 0. "pit_knots": {"redshift":
+            [0, ..., 1]} (optional) maps the redshift posterior's PIT piecewise linearly onto uniform levels.
     """
 
     model_type = "mosaic"
@@ -187,7 +188,8 @@ class MosaicConfig(PretrainedConfig):
     def _checked_calibration(self, entry) -> dict:
         """One `calibration` entry with its names, ranges, temperatures and shifts validated."""
         given, temperature, shift = dict(entry["given"]), dict(entry["temperature"]), dict(entry.get("shift", {}))
-        for name in (*given, *temperature, *shift):
+        knots = {n: [float(u) for u in k] for n, k in dict(entry.get("pit_knots", {})).items()}
+        for name in (*given, *temperature, *shift, *knots):
             if name not in self.modalities:
                 raise ValueError(f"calibration: {name!r} is not one of the modalities {self.modalities}")
         for name, ranges in given.items():
@@ -197,9 +199,13 @@ class MosaicConfig(PretrainedConfig):
             raise ValueError(f"calibration: temperatures must be finite and positive, got {temperature}")
         if not all(math.isfinite(float(d)) for d in shift.values()):
             raise ValueError(f"calibration: shifts must be finite, got {shift}")
-        return {"given": {n: [[int(a), int(b)] for a, b in r] for n, r in given.items()},
-                "temperature": {n: float(t) for n, t in temperature.items()},
-                "shift": {n: float(d) for n, d in shift.items()}}
+        for name, k in knots.items():
+            if len(k) < 2 or k[0] != 0.0 or k[-1] != 1.0 or any(b <= a for a, b in zip(k, k[1:])):
+                raise ValueError(f"calibration: the pit_knots of {name!r} must rise strictly from 0 to 1, got {k}")
+        entry = {"given": {n: [[int(a), int(b)] for a, b in r] for n, r in given.items()},
+                 "temperature": {n: float(t) for n, t in temperature.items()},
+                 "shift": {n: float(d) for n, d in shift.items()}}
+        return {**entry, "pit_knots": knots} if knots else entry
 
     # ------------------------------------------------------------------------------------------ layout
     @property

@@ -54,6 +54,12 @@ CALIBRATION_POINTS = 20_000
 #: The grids `fit_shift_and_temperature` searches: temperatures 0.2-5 (log-spaced), shifts -1..1 sigma.
 TEMPERATURE_GRID = np.exp(np.linspace(math.log(0.2), math.log(5.0), 161))
 SHIFT_GRID = np.linspace(-1.0, 1.0, 81)
+#: The redshift posterior's PIT map (`calibrate`) has this many equal-count bins of held-out PIT values; it is
+#: blended with the identity by PIT_MAP_FLOOR, so that no bin's density ratio exceeds 1 / PIT_MAP_FLOOR.
+PIT_MAP_BINS = 16
+PIT_MAP_FLOOR = 0.01
+#: Quantile levels averaged for the physical mean and std of a PIT-mapped posterior (midpoint rule).
+MAPPED_MOMENT_LEVELS = 128
 #: Percentiles `predict` returns with `return_uncertainty` (the median and the central 68% interval).
 PERCENTILES = (16, 50, 84)
 #: Redshifts at which `predict` tabulates the photo-z posterior by default.
@@ -373,6 +379,13 @@ def mixture_log_density(mixture, y):
     return torch.logsumexp(torch.log_softmax(logits, dim=-1) + component, dim=-1)
 
 
+def mixture_cdf(mixture, y):
+    """CDF of the mixtures (B, 3, K) at points y (B, G) -> (B, G)."""
+    logits, means, log_scales = (part[:, None] for part in mixture.unbind(dim=1))
+    standardised = (y[..., None] - means) * torch.exp(-log_scales)
+    return (torch.softmax(logits, dim=-1) * torch.special.ndtr(standardised)).sum(dim=-1)
+
+
 def mixture_moments(mixture):
     """Mean and log-variance (B,) of the mixtures (B, 3, K)."""
     logits, means, log_scales = mixture.float().unbind(dim=1)
@@ -650,7 +663,8 @@ class MosaicModel(MosaicPreTrainedModel):
                 means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows])
             points.append(self.to_physical(means, targets))
             if probabilistic:
-                summaries.append(self._summaries(means, log_variances, mixture, targets, return_uncertainty,
+                knots = self._pit_knots(given[rows]) if mixture is not None else None
+                summaries.append(self._summaries(means, log_variances, mixture, knots, targets, return_uncertainty,
                                                  num_samples, grid, generator))
         columns = np.concatenate([np.arange(flat.shape[1])[slices[n]] for n in targets])
         predicted = np.where(given[:, columns], flat[:, columns], np.concatenate(points)).astype(np.float32)
@@ -702,12 +716,26 @@ class MosaicModel(MosaicPreTrainedModel):
             mixture = torch.stack([mixture[:, 0], centres, log_scales], dim=1)
         return means + moved.to(means.dtype), log_variances + 2.0 * log_t, mixture
 
+    def _pit_knots(self, given: np.ndarray) -> np.ndarray | None:
+        """Each row's redshift PIT map as its knots (B, J) (the identity for rows no entry maps), or None when no
+        `config.calibration` entry has one."""
+        entries = [e for e in self.config.calibration if "redshift" in e.get("pit_knots", {})]
+        if not entries:
+            return None
+        size = len(entries[0]["pit_knots"]["redshift"])
+        knots = np.tile(np.linspace(0.0, 1.0, size), (given.shape[0], 1))
+        for entry in entries:
+            match = (given == self._given_mask(entry["given"])).all(axis=1)
+            knots[match] = entry["pit_knots"]["redshift"]
+        return knots
+
     def calibration_for(self, inputs: dict) -> dict:
         """The calibration `predict` applies to the first row of `inputs`: {"temperature": {target: t},
-        "shift": {target: d}}, empty if no entry of `config.calibration` matches the elements it gives."""
+        "shift": {target: d}, "pit_knots": {target: knots}}, empty if no entry of `config.calibration` matches
+        the elements it gives."""
         ranges = self._given_ranges(np.isfinite(self.config.flatten(inputs)[0]))
         entry = next((e for e in self.config.calibration if e["given"] == ranges), {})
-        return {"temperature": dict(entry.get("temperature", {})), "shift": dict(entry.get("shift", {}))}
+        return {k: dict(entry.get(k, {})) for k in ("temperature", "shift", "pit_knots")}
 
     @torch.no_grad()
     def calibrate(self, inputs: dict, truth: dict, targets: list | None = None, batch_size: int = 4096,
@@ -717,8 +745,12 @@ class MosaicModel(MosaicPreTrainedModel):
         factor t on the predicted spreads that bring the PIT values of the target's scored elements closest
         to uniform (Cramer-von Mises distance; `fit_shift_and_temperature`). They are stored in
         `config.calibration` (replacing an entry for the same given elements, so save the model to keep
-        them) and applied by `predict` to every row given exactly these elements. Returns {target:
-        {"temperature": t, "shift": d}}.
+        them) and applied by `predict` to every row given exactly these elements. The redshift mixture also
+        gets a monotone map of its PIT (Kuleshov et al. 2018; `fit_pit_knots`), which straightens what a
+        shift and a width cannot (a skew, a mode too heavy): `predict` applies it to the posterior's pdf,
+        percentiles, samples, mean and std alike (not to the point prediction returned without
+        uncertainty, the mixture's mean). Returns {target: {"temperature": t, "shift": d} (and
+        "pit_knots" for redshift)}.
 
         A network trained by likelihood is calibrated only where it has fit the training distribution; how
         far it is from that differs between queries (the demo model's redshift temperatures run from 0.66
@@ -764,28 +796,43 @@ class MosaicModel(MosaicPreTrainedModel):
             parts = [np.concatenate(p)[::stride[name]] for p in zip(*pooled[name])]
             t, d = fit_shift_and_temperature(*parts)
             fitted[name] = {"temperature": t, "shift": d}
+            if name == "redshift" and mixture is not None:
+                fitted[name]["pit_knots"] = fit_pit_knots(*parts, t, d).tolist()
         entry = {"given": self._given_ranges(given[0]),
                  "temperature": {n: f["temperature"] for n, f in fitted.items()},
                  "shift": {n: f["shift"] for n, f in fitted.items()}}
+        knots = {n: f["pit_knots"] for n, f in fitted.items() if "pit_knots" in f}
+        entry = self.config._checked_calibration({**entry, "pit_knots": knots})
         self.config.calibration = [e for e in self.config.calibration if e["given"] != entry["given"]] + [entry]
         return fitted
 
-    def _summaries(self, means, log_variances, mixture, targets, uncertainty, num_samples, grid, generator):
+    def _summaries(self, means, log_variances, mixture, pit_knots, targets, uncertainty, num_samples, grid,
+                   generator):
         """One batch's predictive distributions -> {(name, statistic): array} in physical units: "" the mean
         (B, L), "std" and "p16"... (B, L) when `uncertainty`, "samples" (B, L, S); ("redshift", "pdf") (B, G)
-        when `grid`."""
+        when `grid`. `pit_knots` (B, J): the redshift posterior's PIT map per row, or None."""
         out = {}
         for name in targets:
             modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture)
+            knots = pit_knots if name == "redshift" else None
             if uncertainty:
-                out[name, ""], out[name, "std"] = physical_moments(modality, weights, centres, sigmas)
+                if knots is None:
+                    out[name, ""], out[name, "std"] = physical_moments(modality, weights, centres, sigmas)
+                else:
+                    out[name, ""], out[name, "std"] = mapped_moments(modality, weights, centres, sigmas, knots)
                 for q in PERCENTILES:
-                    out[name, f"p{q}"] = modality.from_learning(learning_quantile(weights, centres, sigmas, q / 100))
-            if num_samples > 0:
+                    level = q / 100 if knots is None else inverse_pit_map(knots, np.full((len(knots), 1), q / 100))
+                    out[name, f"p{q}"] = modality.from_learning(learning_quantile(weights, centres, sigmas, level))
+            if num_samples > 0 and knots is None:
                 out[name, "samples"] = modality.from_learning(
                     sample_mixture(weights, centres, sigmas, num_samples, generator))
+            elif num_samples > 0:  # inverse-CDF sampling of the mapped posterior
+                uniform = torch.rand((len(knots), num_samples), generator=generator, dtype=torch.float64).numpy()
+                levels = inverse_pit_map(knots, uniform)[:, None, :]
+                out[name, "samples"] = modality.from_learning(learning_quantile(
+                    weights[..., None, :], centres[..., None, :], sigmas[..., None, :], levels))
         if grid is not None:
-            out["redshift", "pdf"] = self._redshift_pdf(mixture, grid)
+            out["redshift", "pdf"] = self._redshift_pdf(mixture, grid, pit_knots)
         return out
 
     def _learning_distribution(self, name, means, log_variances, mixture):
@@ -802,14 +849,18 @@ class MosaicModel(MosaicPreTrainedModel):
         sigmas = np.exp(0.5 * log_variances[:, s].double().cpu().numpy()) * std
         return MODALITIES[name], np.ones(centres.shape + (1,)), centres[..., None], sigmas[..., None]
 
-    def _redshift_pdf(self, mixture, grid) -> np.ndarray:
-        """The redshift mixtures (B, 3, K) -> their density in z on `grid` (B, G), integrating to 1 there."""
+    def _redshift_pdf(self, mixture, grid, pit_knots=None) -> np.ndarray:
+        """The redshift mixtures (B, 3, K) -> their density in z on `grid` (B, G), integrating to 1 there; with
+        `pit_knots` (B, J) times the PIT map's slope at the mixture's CDF."""
         modality, element = MODALITIES["redshift"], self.layout.redshift_element
         mean, std = float(self.layout.mean[element]), float(self.layout.std[element])
         normalised = torch.from_numpy((modality.to_learning(grid) - mean) / std).to(mixture.device)
-        log_density = mixture_log_density(mixture.double(), normalised.expand(mixture.shape[0], -1)).cpu().numpy()
+        points = normalised.expand(mixture.shape[0], -1)
+        log_density = mixture_log_density(mixture.double(), points).cpu().numpy()
         log_jacobian = np.log(modality.scale / ((grid + modality.offset) * math.log(10.0) * std))
         log_density = log_density + log_jacobian
+        if pit_knots is not None:
+            log_density = log_density + np.log(pit_map_slope(pit_knots, mixture_cdf(mixture.double(), points).cpu().numpy()))
         density = np.exp(log_density - log_density.max(axis=1, keepdims=True))
         return density / trapezoid(density, grid)[:, None]
 
@@ -903,6 +954,44 @@ def fit_shift_and_temperature(weights, centres, sigmas, spreads, truth, rounds: 
     return temperature, shift
 
 
+def fit_pit_knots(weights, centres, sigmas, spreads, truth, temperature: float, shift: float) -> np.ndarray:
+    """A monotone map of the PIT values after `shift` and `temperature` (inputs as in
+    `fit_shift_and_temperature`) onto uniform: the knots u_j (J = PIT_MAP_BINS + 1), the held-out PIT
+    quantiles at levels j / (J - 1), through which the map R is piecewise linear, R(u_j) = j / (J - 1).
+    Blended with the identity by PIT_MAP_FLOOR so every bin keeps a width."""
+    pit = (weights * normal_cdf((truth[:, None] - centres - shift * spreads[:, None]) / (temperature * sigmas)))
+    levels = np.linspace(0.0, 1.0, PIT_MAP_BINS + 1)
+    knots = np.quantile(pit.sum(axis=-1), levels)
+    knots[0], knots[-1] = 0.0, 1.0
+    return (1.0 - PIT_MAP_FLOOR) * knots + PIT_MAP_FLOOR * levels
+
+
+def inverse_pit_map(knots: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """R^-1 of each row's PIT map (knots (B, J)) at `levels` (B, S): the PIT a mapped quantile level has."""
+    bins = knots.shape[1] - 1
+    scaled = np.clip(levels, 0.0, 1.0) * bins
+    j = np.clip(np.floor(scaled).astype(np.int64), 0, bins - 1)
+    low, high = np.take_along_axis(knots, j, axis=1), np.take_along_axis(knots, j + 1, axis=1)
+    return low + (scaled - j) * (high - low)
+
+
+def pit_map_slope(knots: np.ndarray, pit: np.ndarray) -> np.ndarray:
+    """R'(pit): each row's PIT map's slope (knots (B, J)) at PIT values (B, G), the factor on the density."""
+    j = np.clip((pit[:, :, None] >= knots[:, None, 1:-1]).sum(axis=-1), 0, knots.shape[1] - 2)
+    widths = np.take_along_axis(np.diff(knots, axis=1), j, axis=1)
+    return 1.0 / ((knots.shape[1] - 1) * widths)
+
+
+def mapped_moments(modality, weights, means, sigmas, knots):
+    """Mean and std in physical units of PIT-mapped Gaussian mixtures (B, L, K) (knots (B, J)), by the
+    midpoint rule over MAPPED_MOMENT_LEVELS quantile levels."""
+    levels = (np.arange(MAPPED_MOMENT_LEVELS) + 0.5) / MAPPED_MOMENT_LEVELS
+    pits = inverse_pit_map(knots, np.broadcast_to(levels, (len(knots), levels.size)))[:, None, :]
+    values = modality.from_learning(learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :],
+                                                      pits))
+    return values.mean(axis=-1), values.std(axis=-1)
+
+
 def physical_moments(modality, weights, means, sigmas):
     """Mean and std in physical units of a learning-space Gaussian mixture (..., K) by Gauss-Hermite
     quadrature: E[g(y)] = sum_i w_i g(mu + sqrt(2) sigma t_i) / sqrt(pi) per component. Two passes (mean,
@@ -919,11 +1008,11 @@ def physical_moments(modality, weights, means, sigmas):
     return mean, np.sqrt(np.maximum(variance, 0.0))
 
 
-def learning_quantile(weights, means, sigmas, q: float) -> np.ndarray:
-    """The q-quantile of a Gaussian mixture (..., K): closed form for one component, else bisection on the
-    mixture's CDF."""
+def learning_quantile(weights, means, sigmas, q) -> np.ndarray:
+    """The q-quantile of a Gaussian mixture (..., K), q a level or levels broadcasting against (...): closed form
+    for one component, else bisection on the mixture's CDF."""
     if means.shape[-1] == 1:
-        return means[..., 0] + float(torch.special.ndtri(torch.tensor(q, dtype=torch.float64))) * sigmas[..., 0]
+        return means[..., 0] + torch.special.ndtri(torch.as_tensor(q, dtype=torch.float64)).numpy() * sigmas[..., 0]
     low, high = (means - 10.0 * sigmas).min(axis=-1), (means + 10.0 * sigmas).max(axis=-1)
     for _ in range(QUANTILE_STEPS):
         middle = 0.5 * (low + high)
