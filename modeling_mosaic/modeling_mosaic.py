@@ -630,7 +630,9 @@ class MosaicModel(MosaicPreTrainedModel):
             integrate to 1 over the grid (trapezoid rule).
         num_samples (gaussian head only): adds `name_samples`, (N, S) for a scalar or (N, length, S) for a
             vector, draws from the predictive distribution (a pure function of `seed` and the batch split).
-        redshift_grid: increasing redshifts for `redshift_pdf`; default np.linspace(0, 3.5, 351).
+        redshift_grid: increasing redshifts for `redshift_pdf`; default np.linspace(0, 3.5, 351). Use a spacing
+            well below the posteriors' widths (0.001 for LSST + SPHEREx): a PIT or CDF read off a tabulated
+            pdf is only as good as its grid.
         errors (models with `error_inputs` only): name -> 1-sigma errors of given inputs, in the inputs'
             physical units and shapes (asinh-magnitude errors for lsst and spherex); NaN = unknown.
         Returns name -> float32 arrays. The encoder runs on the tokens of the input and target modalities only.
@@ -663,6 +665,10 @@ class MosaicModel(MosaicPreTrainedModel):
                 means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows])
             points.append(self.to_physical(means, targets))
             if probabilistic:
+                # A given element's spread was never trained (and is replaced by the given value below); keep
+                # it from overflowing the physical moments of a log-transformed modality.
+                is_given = torch.from_numpy(given[rows]).to(log_variances.device)
+                log_variances = log_variances.masked_fill(is_given, -LOG_VARIANCE_LIMIT)
                 knots = self._pit_knots(given[rows]) if mixture is not None else None
                 summaries.append(self._summaries(means, log_variances, mixture, knots, targets, return_uncertainty,
                                                  num_samples, grid, generator))
@@ -977,7 +983,9 @@ def inverse_pit_map(knots: np.ndarray, levels: np.ndarray) -> np.ndarray:
 
 def pit_map_slope(knots: np.ndarray, pit: np.ndarray) -> np.ndarray:
     """R'(pit): each row's PIT map's slope (knots (B, J)) at PIT values (B, G), the factor on the density."""
-    j = np.clip((pit[:, :, None] >= knots[:, None, 1:-1]).sum(axis=-1), 0, knots.shape[1] - 2)
+    j = np.zeros(pit.shape, dtype=np.int64)
+    for inner in range(1, knots.shape[1] - 1):  # the bin of each PIT value, without a (B, G, J) temporary
+        j += pit >= knots[:, inner:inner + 1]
     widths = np.take_along_axis(np.diff(knots, axis=1), j, axis=1)
     return 1.0 / ((knots.shape[1] - 1) * widths)
 

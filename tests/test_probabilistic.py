@@ -342,6 +342,24 @@ def test_uncertainty_outputs_have_the_right_keys_shapes_and_are_never_nan(gaussi
         assert np.all(GRID[out["redshift_pdf"][:2].argmax(axis=1)] == 1.0)
 
 
+def test_a_given_elements_untrained_spread_never_overflows(gaussian_model):
+    """A given element's predicted spread is untrained (only hidden elements are scored) and can be e^10 sigma:
+    pushed through the SED's log transform its physical variance would overflow. `predict` gives such
+    elements zero spread before it computes any moment, so no floating-point warning is raised."""
+    import copy
+    import warnings
+
+    model = copy.deepcopy(gaussian_model)
+    with torch.no_grad():
+        model.heads.bias[:, model.layout.patch_size:] = 20.0  # every log-variance at its clamp
+    sed = random_columns(np.random.default_rng(4), 3)["sed"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model.predict({"sed": sed}, targets=["sed"], return_uncertainty=True, num_samples=2)
+    np.testing.assert_array_equal(out["sed_std"], 0.0)
+    np.testing.assert_allclose(out["sed"], sed, rtol=1e-6)
+
+
 def test_point_predictions_are_the_medians_and_samples_are_seeded(gaussian_model):
     lsst = random_columns(np.random.default_rng(4), 6)["lsst"]
     point = gaussian_model.predict({"lsst": lsst}, targets=["sfh", "redshift"])

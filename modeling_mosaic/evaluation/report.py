@@ -43,8 +43,11 @@ HEADLINES = {
 MAX_EMBED = 5000
 #: Targets whose predictive distributions a probabilistic model is scored on (coverage, PIT, CRPS, CDE loss).
 CALIBRATED_TARGETS = ("redshift", "log_stellar_mass")
-#: Redshift grid on which a probabilistic model is asked for its photo-z posteriors (passed to `predict`).
-REDSHIFT_GRID = np.linspace(0.0, 3.5, 351)
+#: Redshift grid on which a probabilistic model is asked for its photo-z posteriors (passed to `predict`). Its
+#: spacing, 0.001, is well below the width of the narrowest posteriors (~0.005 from LSST + SPHEREx at paper
+#: scale): on a 0.01 grid the trapezoid CDF of such a posterior moves the PIT enough to read 0.71 for a 68%
+#: coverage that is 0.68.
+REDSHIFT_GRID = np.linspace(0.0, 3.5, 3501)
 #: Columns the baselines and the ablation read from the train split.
 TRAIN_COLUMNS = ("redshift", "log_stellar_mass", "lsst", "spherex", "sfh")
 
