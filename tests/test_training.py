@@ -103,6 +103,22 @@ def test_gaussian_run_saves_calibration_for_the_figure2_queries(catalog, tmp_pat
     assert all(set(s) == set(e["temperature"]) for s, e in zip(shifts, model.config.calibration))
     assert all(-1.0 <= d <= 1.0 for s in shifts for d in s.values())
 
+    # mosaic-calibrate refits on the last rows of a split exactly as `calibrate_for_conditions` does
+    from modeling_mosaic.evaluation import calibrate_cli
+    from modeling_mosaic.evaluation.conditions import calibrate_for_conditions
+    from modeling_mosaic.evaluation.report import read_split
+
+    assert calibrate_cli.main(["--model", str(tmp_path / "model"), "--data", catalog, "--out",
+                               str(tmp_path / "recalibrated"), "--rows", "100"]) == 0
+    recalibrated = AutoModel.from_pretrained(tmp_path / "recalibrated").config.calibration
+    columns = read_split(catalog, "train", model.config.modalities)
+    model.config.calibration = []
+    calibrate_for_conditions(model.eval(), {k: v[-100:] for k, v in columns.items()})
+    assert recalibrated == model.config.calibration and len(recalibrated) == 5
+    with pytest.raises(SystemExit, match="--rows 100000: the train split"):
+        calibrate_cli.main(["--model", str(tmp_path / "model"), "--data", catalog, "--out", str(tmp_path / "x"),
+                            "--rows", "100000"])
+
 
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(catalog, trained, tmp_path):
     """Kill (SIGKILL) a run after its step-4 checkpoint, resume from it, and compare with `trained`."""

@@ -1,0 +1,61 @@
+"""`mosaic-calibrate`: refit a probabilistic model's calibration on held-out galaxies and save it.
+
+    mosaic-calibrate --model DIR_OR_REPO --data DIR --out DIR [--split train] [--rows N]
+
+Fits, for each figure-2 query, the shift and temperature of every target and the redshift PIT map
+(`MosaicModel.calibrate`) on the last N rows of the split (default: all of them), replacing the model's
+calibration, and saves the model to OUT. Use galaxies the model never trained on: a training run's
+validation rows (the last `validation_size` rows of train) or a separate catalog drawn the same way. The more
+rows, the flatter the PIT: KS resolves ~1.4 / sqrt(N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mosaic-calibrate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model folder or Hub repo id (AutoModel, trust_remote_code)")
+    parser.add_argument("--data", required=True, help="catalog folder in Parquet layout (DIR/data/{split}-*.parquet)")
+    parser.add_argument("--out", required=True, help="folder to save the recalibrated model to (may be --model)")
+    parser.add_argument("--split", default="train", help="split to read the held-out galaxies from (default train)")
+    parser.add_argument("--rows", type=int, default=None, help="use the last N rows of the split (default all)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rows is not None and args.rows < 1:
+        raise SystemExit(f"--rows must be a positive integer, got {args.rows}")
+    if not (Path(args.data) / "data").is_dir():
+        raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
+    from .cli import load_model
+    from .conditions import calibrate_for_conditions
+    from .report import model_modalities, read_split
+
+    model = load_model(args.model)
+    if not hasattr(model, "calibrate") or getattr(model.config, "head_type", "point") != "gaussian":
+        raise SystemExit(f"--model {args.model}: not a probabilistic MOSAIC model (head_type='gaussian')")
+    columns = read_split(args.data, args.split, model_modalities(model))
+    rows = len(next(iter(columns.values())))
+    if args.rows is not None and args.rows > rows:
+        raise SystemExit(f"--rows {args.rows}: the {args.split} split of {args.data} has only {rows} rows")
+    held_out = {k: v[rows - (args.rows or rows):] for k, v in columns.items()}
+    model.config.calibration = []
+    fitted = calibrate_for_conditions(model, held_out)
+    model.save_pretrained(args.out)
+    for condition, targets in fitted.items():
+        for target in ("redshift", "log_stellar_mass"):
+            if target in targets:
+                f = targets[target]
+                print(f"{condition:15s} {target:16s} temperature {f['temperature']:.3f}  shift {f['shift']:+.3f}"
+                      + ("  PIT map" if "pit_knots" in f else ""))
+    print(f"calibrated on {len(next(iter(held_out.values())))} galaxies of {args.data} ({args.split}); saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
