@@ -117,7 +117,12 @@ def test_calibrate_recovers_a_known_bias_and_noise_inflation_and_touches_only_ma
     save/load."""
     import copy
 
-    from modeling_mosaic.evaluation.metrics.functions import coverage, ks_p_value, pit_gaussian, pit_ks
+    from modeling_mosaic.evaluation.metrics.functions import (
+        coverage,
+        ks_p_value,
+        pit_gaussian,
+        pit_ks,
+    )
 
     model = copy.deepcopy(heteroscedastic[0])
     rng = np.random.default_rng(7)
@@ -174,7 +179,8 @@ def test_a_shifted_redshift_mixture_moves_its_pdf_percentiles_samples_and_mean_t
     with torch.no_grad():  # a narrow bimodal posterior that lies well inside the pdf's grid
         model.redshift_head.weight.mul_(0.1)
         k = config.redshift_mixture_components
-        model.redshift_head.bias.copy_(torch.cat([torch.zeros(k), torch.linspace(-0.4, 0.4, k), torch.full((k,), -2.0)]))
+        model.redshift_head.bias.copy_(
+            torch.cat([torch.zeros(k), torch.linspace(-0.4, 0.4, k), torch.full((k,), -2.0)]))
     inputs = {"log_halo_mass": np.linspace(11.0, 14.0, 16)}
     kwargs = {"targets": ["redshift"], "return_uncertainty": True, "num_samples": 64, "seed": 3}
     before = model.predict(inputs, **kwargs)
@@ -185,7 +191,8 @@ def test_a_shifted_redshift_mixture_moves_its_pdf_percentiles_samples_and_mean_t
     values = torch.from_numpy(config.flatten(inputs))
     raw = model(values, torch.isfinite(values))
     element = config.modality_slices["redshift"].start
-    move = 0.3 * np.exp(0.5 * raw.log_variances[:, element].detach().double().numpy()) * model.layout.std[element].item()
+    sigma = np.exp(0.5 * raw.log_variances[:, element].detach().double().numpy()) * model.layout.std[element].item()
+    move = 0.3 * sigma
     for key in ("redshift_p16", "redshift_p50", "redshift_p84"):
         np.testing.assert_allclose(to_learning(after[key]) - to_learning(before[key]), move, rtol=1e-4, atol=1e-6)
     moved_samples = to_learning(after["redshift_samples"]) - to_learning(before["redshift_samples"])
@@ -194,8 +201,8 @@ def test_a_shifted_redshift_mixture_moves_its_pdf_percentiles_samples_and_mean_t
     np.testing.assert_allclose(moved_samples[unclipped], np.broadcast_to(move[:, None], moved_samples.shape)[unclipped],
                                rtol=1e-4, atol=1e-6)
     assert (after["redshift"] > before["redshift"]).all()  # the physical mean follows the move
-    cdf = np.concatenate([np.zeros((16, 1)), np.cumsum(0.5 * (after["redshift_pdf"][:, 1:]
-                                                             + after["redshift_pdf"][:, :-1]) * np.diff(GRID), axis=1)], 1)
+    pdf = after["redshift_pdf"]
+    cdf = np.concatenate([np.zeros((16, 1)), np.cumsum(0.5 * (pdf[:, 1:] + pdf[:, :-1]) * np.diff(GRID), axis=1)], 1)
     median_of_pdf = np.array([np.interp(0.5, c, GRID) for c in cdf])
     np.testing.assert_allclose(median_of_pdf, after["redshift_p50"], atol=0.01)  # the grid's spacing
 
@@ -205,14 +212,20 @@ def test_the_pit_map_flattens_a_skewed_redshift_posterior_in_pdf_percentiles_and
     shift and width can flatten. After `calibrate` on 4,000 galaxies the PIT of 4,000 others, read from the
     pdf on the grid as the evaluation reads it, is flat (KS p >= 0.01, coverages within 0.03); percentiles
     agree with the pdf's CDF (to the grid's spacing) and with the samples (to Monte Carlo error)."""
-    from modeling_mosaic.evaluation.metrics.functions import coverage, ks_p_value, pit_from_grid, pit_ks
+    from modeling_mosaic.evaluation.metrics.functions import (
+        coverage,
+        ks_p_value,
+        pit_from_grid,
+        pit_ks,
+    )
 
     torch.manual_seed(0)
     config = MosaicConfig(modalities=["redshift", "log_halo_mass"], head_type="gaussian", **TINY)
     model = MosaicModel(config).eval()
     with torch.no_grad():  # varied narrow bimodal posteriors, inside the grid
         k = config.redshift_mixture_components
-        model.redshift_head.bias.copy_(torch.cat([torch.zeros(k), torch.linspace(-0.4, 0.4, k), torch.full((k,), -2.0)]))
+        model.redshift_head.bias.copy_(
+            torch.cat([torch.zeros(k), torch.linspace(-0.4, 0.4, k), torch.full((k,), -2.0)]))
     rng = np.random.default_rng(5)
     inputs = {"log_halo_mass": rng.uniform(11.0, 14.0, 8000)}
     fine = np.linspace(0.0, 3.5, 7001)

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
                 f = targets[target]
                 print(f"{condition:15s} {target:16s} temperature {f['temperature']:.3f}  shift {f['shift']:+.3f}"
                       + ("  PIT map" if "pit_knots" in f else ""))
-    print(f"calibrated on {len(next(iter(held_out.values())))} galaxies of {args.data} ({args.split}); saved to {args.out}")
+    count = len(next(iter(held_out.values())))
+    print(f"calibrated on {count} galaxies of {args.data} ({args.split}); saved to {args.out}")
     return 0
 
 

@@ -165,8 +165,9 @@ def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[C
         for name in CALIBRATED_TARGETS if probabilistic else ():
             if name in targets:
                 scores, pit = calibration(name, test[name], output)
-                results[condition.name][name].update(scores, temperature=fitted.get("temperature", {}).get(name, 1.0),
-                                                     shift=fitted.get("shift", {}).get(name, 0.0))
+                results[condition.name][name].update(
+                    scores, temperature=fitted.get("temperature", {}).get(name, 1.0),
+                    shift=fitted.get("shift", {}).get(name, 0.0))
                 if pit is not None:
                     pits[condition.name] = pit
     return results, predictions, seconds, pits
@@ -423,7 +424,8 @@ def _calibration_section(metrics) -> list[str]:
             "coverage_68 / coverage_95: fraction of test galaxies whose truth lies in the central 68% / 95% "
             "interval (ideal 0.68 / 0.95); pit_ks: Kolmogorov-Smirnov distance of the PIT values from uniform "
             "(0 = calibrated); pit_ks_p: the probability that a calibrated model gives a distance this large on "
-            "this many galaxies (PIT flat within noise at the 5% level: p >= 0.05); crps: continuous ranked probability score in the target's units (redshift: on "
+            "this many galaxies (PIT flat within noise at the 5% level: p >= 0.05); crps: continuous ranked "
+            "probability score in the target's units (redshift: on "
             f"the {REDSHIFT_GRID[0]:g}-{REDSHIFT_GRID[-1]:g} grid; stellar mass: Gaussian closed form); cde_loss: "
             "RAIL's CDE loss, integral of p^2 dz - 2 mean p(z_true) (lower is better); temperature and shift: "
             "the factor on the predicted spreads and the move in predicted standard deviations that "
