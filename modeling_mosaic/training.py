@@ -62,7 +62,7 @@ def config_file_to_argv(path: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------ data
 class ColumnarDataset(torch.utils.data.Dataset):
     """A catalog split seen as columns. A split whose columns take at most `max_in_memory_bytes` is converted
-    to numpy once, so a batch is one fancy index per column (0.1 ms for 256 demo rows); a larger one is
+    to numpy once, so a batch is one fancy index per column (0.03 ms for 256 demo rows); a larger one is
     gathered from the memory-mapped Arrow table and converted batch by batch (2-3 ms: each call pays
     datasets' gather and a fixed cost per column). Both are ~10x faster than datasets' numpy formatting,
     which converts list columns row by row.
