@@ -145,7 +145,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(catalog, trai
     resumed, reference = load_file(out / "model.safetensors"), load_file(trained / "model.safetensors")
     assert resumed.keys() == reference.keys()
     # A resume bug (optimiser state, schedule, masks of the wrong epoch) moves weights by ~lr = 1e-3 per step;
-    # float sums under a changing thread count (MKL's dynamic threading on a loaded machine) by ~1e-6.
+    # two-thread float sums on a loaded machine by ~1e-6.
     for key in reference:
         np.testing.assert_allclose(resumed[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
