@@ -944,15 +944,20 @@ def cramer_von_mises(pit: np.ndarray) -> float:
     return float(np.mean((sorted_pit - (np.arange(sorted_pit.size) + 0.5) / sorted_pit.size) ** 2))
 
 
+def shifted_pit(weights, centres, sigmas, spreads, truth, temperature: float, shift: float) -> np.ndarray:
+    """PIT values sum_k w_k Phi((truth - centre_k - shift spread) / (temperature sigma_k)) of mixtures (N, K)
+    with spreads and truths (N,), in learning space."""
+    standardised = (truth[:, None] - centres - shift * spreads[:, None]) / (temperature * sigmas)
+    return (weights * normal_cdf(standardised)).sum(axis=-1)
+
+
 def fit_shift_and_temperature(weights, centres, sigmas, spreads, truth, rounds: int = 3) -> tuple[float, float]:
     """The shift d (in units of `spreads`, the predictive standard deviations) and temperature t that make the
     PIT values sum_k w_k Phi((truth - centre_k - d spread) / (t sigma_k)) closest to uniform (Cramer-von
-    Mises), by alternating grid searches over TEMPERATURE_GRID and SHIFT_GRID. Inputs: mixtures (N, K) and
-    spreads and truths (N,), in learning space."""
-    truth, spreads = truth[:, None], spreads[:, None]
+    Mises), by alternating grid searches over TEMPERATURE_GRID and SHIFT_GRID. Inputs as in `shifted_pit`."""
 
     def distance(t, d):
-        return cramer_von_mises((weights * normal_cdf((truth - centres - d * spreads) / (t * sigmas))).sum(axis=-1))
+        return cramer_von_mises(shifted_pit(weights, centres, sigmas, spreads, truth, t, d))
 
     temperature, shift = 1.0, 0.0
     for _ in range(rounds):
@@ -966,9 +971,8 @@ def fit_pit_knots(weights, centres, sigmas, spreads, truth, temperature: float, 
     `fit_shift_and_temperature`) onto uniform: the knots u_j (J = PIT_MAP_BINS + 1), the held-out PIT
     quantiles at levels j / (J - 1), through which the map R is piecewise linear, R(u_j) = j / (J - 1).
     Blended with the identity by PIT_MAP_FLOOR so every bin keeps a width."""
-    pit = (weights * normal_cdf((truth[:, None] - centres - shift * spreads[:, None]) / (temperature * sigmas)))
     levels = np.linspace(0.0, 1.0, PIT_MAP_BINS + 1)
-    knots = np.quantile(pit.sum(axis=-1), levels)
+    knots = np.quantile(shifted_pit(weights, centres, sigmas, spreads, truth, temperature, shift), levels)
     knots[0], knots[-1] = 0.0, 1.0
     return (1.0 - PIT_MAP_FLOOR) * knots + PIT_MAP_FLOOR * levels
 
