@@ -22,8 +22,10 @@ from .metrics.functions import gain, regression_metrics
 
 #: Candidate k of the nearest-neighbours baseline (those larger than the fitting fold are dropped).
 KNN_K_GRID = (5, 10, 20, 40)
-#: Default cap on the baselines' training rows (keeps an evaluation at a couple of minutes on 2 cores).
-MAX_TRAIN = 20_000
+#: Default cap on the baselines' training rows: none, so they learn from the same train split as MOSAIC. A cap
+#: is unfair to k-NN on a noise-free catalog: measured at paper scale (5,000 held-out rows), k-NN's redshift
+#: MAE from LSST+SPHEREx is 0.0189 with 20,000 training galaxies and 0.0067 with all 180,247.
+MAX_TRAIN = None
 #: Default number of threads of the estimators. One: these fits are small, and OpenMP threads on a busy
 #: machine (or beside torch's) slow gradient boosting down by an order of magnitude.
 THREADS = 1

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder for metrics.json, REPORT.md and figures")
     parser.add_argument("--max-test", type=int, default=None, help="evaluate a seeded random subset of N test galaxies")
     parser.add_argument("--max-train", type=int, default=MAX_TRAIN,
-                        help=f"cap on the baselines' training rows (default {MAX_TRAIN})")
+                        help="cap on the baselines' training rows (default: the whole train split, as MOSAIC)")
     parser.add_argument("--threads", type=int, default=THREADS,
                         help=f"threads of the baselines' estimators (default {THREADS})")
     parser.add_argument("--no-baselines", action="store_true", help="skip the single-task scikit-learn baselines")
