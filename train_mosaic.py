@@ -33,6 +33,8 @@ class ModelArguments:
     attention_dropout: float = 0.0
     visible_loss_weight: float = field(default=0.0, metadata={"help": "weight of the loss on visible elements"})
     mask_visible_decay: float = field(default=0.6, metadata={"help": "P(k visible modalities) ~ decay**(k-1)"})
+    mask_query_probability: float = field(default=0.0, metadata={
+        "help": "chance that a sample shows exactly one of the paper's figure-2 input sets, hiding the rest"})
     head_type: str = field(default="point", metadata={"help": "point, or gaussian (mean and variance; p(z))"})
     redshift_mixture_components: int = 5
     nll_beta: float = field(default=0.5, metadata={"help": "gaussian head: NLL weighted by variance**beta"})

@@ -32,6 +32,12 @@ DEFAULT_NORMALIZATION = {
 MIN_STD = 1e-2
 
 
+def true_runs(mask) -> list:
+    """A 1-d boolean mask -> [[start, stop], ...], its runs of True (the "given ranges" format)."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(mask, dtype=np.int8), [0]])))
+    return edges.reshape(-1, 2).tolist()
+
+
 class MosaicConfig(PretrainedConfig):
     """Configuration of `MosaicModel`; `MosaicConfig()` is the standard seven-modality model.
 
@@ -54,6 +60,12 @@ class MosaicConfig(PretrainedConfig):
             ask ("redshift from LSST"), which a uniform draw trains rarely.
         mask_prior_probability: chance that a training sample shows nothing at all, which teaches the
             model its unconditional prior (what `predict` returns for empty inputs).
+        mask_queries: input sets users ask with, each {name: [[start, stop], ...]} (the element ranges given;
+            e.g. the paper's figure-2 conditions). With probability `mask_query_probability` a training sample
+            shows one of them, drawn uniformly, and hides everything else; the random draw above rarely
+            poses exactly these (LSST + SPHEREx alone is ~1% of its samples; an SFH shown only on its last 28%
+            never, as a hidden segment covers at most half).
+        mask_query_probability: see `mask_queries` (0: the random draw only).
         head_type: "point" (one value per element, trained by `loss_type`) or "gaussian" (a mean and a
             log-variance per element, trained by the beta-NLL below, `loss_type` unused; redshift
             gets a mixture).
@@ -106,6 +118,8 @@ class MosaicConfig(PretrainedConfig):
         mask_segment_fraction=(0.1, 0.5),
         mask_visible_decay=0.6,
         mask_prior_probability=0.02,
+        mask_queries=None,
+        mask_query_probability=0.0,
         head_type="point",
         redshift_mixture_components=5,
         nll_beta=0.5,
@@ -167,6 +181,11 @@ class MosaicConfig(PretrainedConfig):
             raise ValueError(f"mask_visible_decay must lie in (0, 1], got {mask_visible_decay}")
         self.mask_visible_decay = float(mask_visible_decay)
         self.mask_prior_probability = float(mask_prior_probability)
+        self.mask_queries = [self._checked_ranges(query, "mask_queries") for query in mask_queries or ()]
+        if not 0.0 <= float(mask_query_probability) <= 1.0 or (mask_query_probability and not self.mask_queries):
+            raise ValueError(f"mask_query_probability must lie in [0, 1] and needs mask_queries, got "
+                             f"{mask_query_probability} with {len(self.mask_queries)} queries")
+        self.mask_query_probability = float(mask_query_probability)
         self.head_type = head_type
         self.redshift_mixture_components = int(redshift_mixture_components)
         self.nll_beta = float(nll_beta)
@@ -185,16 +204,23 @@ class MosaicConfig(PretrainedConfig):
         }
         self.set_normalization({**default, **(normalization or {})})
 
+    def _checked_ranges(self, given, argument) -> dict:
+        """{name: [[start, stop], ...]} of given elements, names and ranges validated, as plain ints."""
+        for name, ranges in dict(given).items():
+            if name not in self.modalities:
+                raise ValueError(f"{argument}: {name!r} is not one of the modalities {self.modalities}")
+            if not all(0 <= int(a) < int(b) <= MODALITIES[name].length for a, b in ranges):
+                raise ValueError(f"{argument}: the given ranges of {name!r} must lie in 0..{MODALITIES[name].length}")
+        return {n: [[int(a), int(b)] for a, b in r] for n, r in dict(given).items()}
+
     def _checked_calibration(self, entry) -> dict:
         """One `calibration` entry with its names, ranges, temperatures and shifts validated."""
         given, temperature, shift = dict(entry["given"]), dict(entry["temperature"]), dict(entry.get("shift", {}))
         knots = {n: [float(u) for u in k] for n, k in dict(entry.get("pit_knots", {})).items()}
-        for name in (*given, *temperature, *shift, *knots):
+        given = self._checked_ranges(given, "calibration")
+        for name in (*temperature, *shift, *knots):
             if name not in self.modalities:
                 raise ValueError(f"calibration: {name!r} is not one of the modalities {self.modalities}")
-        for name, ranges in given.items():
-            if not all(0 <= int(a) < int(b) <= MODALITIES[name].length for a, b in ranges):
-                raise ValueError(f"calibration: the given ranges of {name!r} must lie in 0..{MODALITIES[name].length}")
         if not all(math.isfinite(float(t)) and float(t) > 0 for t in temperature.values()):
             raise ValueError(f"calibration: temperatures must be finite and positive, got {temperature}")
         if not all(math.isfinite(float(d)) for d in shift.values()):
@@ -202,7 +228,7 @@ class MosaicConfig(PretrainedConfig):
         for name, k in knots.items():
             if len(k) < 2 or k[0] != 0.0 or k[-1] != 1.0 or any(b <= a for a, b in zip(k, k[1:])):
                 raise ValueError(f"calibration: the pit_knots of {name!r} must rise strictly from 0 to 1, got {k}")
-        entry = {"given": {n: [[int(a), int(b)] for a, b in r] for n, r in given.items()},
+        entry = {"given": given,
                  "temperature": {n: float(t) for n, t in temperature.items()},
                  "shift": {n: float(d) for n, d in shift.items()}}
         return {**entry, "pit_knots": knots} if knots else entry
@@ -248,6 +274,15 @@ class MosaicConfig(PretrainedConfig):
         """(N, num_elements) -> {name: (N,) for a scalar, (N, length) for a vector}."""
         return {n: flat[:, self.modality_slices[n]].reshape(-1) if MODALITIES[n].is_scalar
                 else flat[:, self.modality_slices[n]] for n in names}
+
+    def given_mask(self, ranges: dict) -> np.ndarray:
+        """{name: [[start, stop], ...]} -> the (num_elements,) boolean mask of those elements."""
+        mask = np.zeros(self.num_elements, dtype=bool)
+        for name, pairs in ranges.items():
+            start = self.modality_slices[name].start
+            for a, b in pairs:
+                mask[start + a : start + b] = True
+        return mask
 
     # ----------------------------------------------------------------------------------- normalization
     def set_normalization(self, stats):
@@ -306,4 +341,4 @@ class MosaicConfig(PretrainedConfig):
         self.set_step_std_from_data(columns)
 
 
-__all__ = ["DEFAULT_NORMALIZATION", "MosaicConfig"]
+__all__ = ["DEFAULT_NORMALIZATION", "MosaicConfig", "true_runs"]

@@ -15,6 +15,8 @@ Per galaxy it draws which modalities the model sees and which it must predict:
 2. Each visible vector modality, with probability `mask_segment_probability`, also hides one contiguous
    segment covering a fraction in `mask_segment_fraction` of its length (part of the SFH, a wavelength range).
 3. With probability `mask_prior_probability` everything is hidden, which teaches the learned prior.
+4. Otherwise, with probability `mask_query_probability`, the sample shows exactly one of `mask_queries`
+   (the questions users ask, e.g. the paper's figure-2 conditions), drawn uniformly, instead of steps 1-2.
 
 A galaxy with a single modality keeps it visible (only segments are scored). Targets are all hidden present
 elements; a NaN element is never visible and never scored.
@@ -84,6 +86,8 @@ class MosaicMaskingCollator:
         self.element_modality = np.repeat(np.arange(len(self.lengths)), self.lengths)
         self.element_position = np.arange(config.num_elements) - self.starts[self.element_modality]
         self.is_vector = np.array([not MODALITIES[n].is_scalar for n in config.modalities])
+        self.query_given = np.array([config.given_mask(q) for q in config.mask_queries], dtype=bool).reshape(
+            len(config.mask_queries), config.num_elements)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new masks for every galaxy (call at the start of each epoch)."""
@@ -140,9 +144,10 @@ class MosaicMaskingCollator:
         present = np.isfinite(values)
         modality_present = np.logical_or.reduceat(present, self.starts, axis=1)
         num_present = modality_present.sum(axis=1)
-        u = uniforms(self.seed, self.epoch, galaxy_ids, 2 + 4 * num_modalities)
+        u = uniforms(self.seed, self.epoch, galaxy_ids, 4 + 4 * num_modalities)
         u_prior, u_count = u[:, 0], u[:, 1]
-        u_order, u_segment, u_length, u_start = np.split(u[:, 2:], 4, axis=1)
+        u_order, u_segment, u_length, u_start = np.split(u[:, 2:-2], 4, axis=1)
+        u_query, u_which = u[:, -2], u[:, -1]
 
         num_visible = np.where(num_present >= 2, self._num_visible(u_count, num_present - 1), num_present)
         num_visible = np.where(u_prior < self.prior_probability, 0, num_visible)
@@ -157,4 +162,8 @@ class MosaicMaskingCollator:
         in_segment = has_segment[:, m] & (position >= start[:, m]) & (position < start[:, m] + length[:, m])
 
         input_mask = present & modality_visible[:, m] & ~in_segment
+        asks_query = (u_prior >= self.prior_probability) & (u_query < self.config.mask_query_probability)
+        if asks_query.any():
+            which = np.minimum((u_which[asks_query] * len(self.query_given)).astype(int), len(self.query_given) - 1)
+            input_mask[asks_query] = present[asks_query] & self.query_given[which]
         return input_mask, present & ~input_mask

@@ -32,7 +32,7 @@ from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_mosaic import MosaicConfig
+from .configuration_mosaic import MosaicConfig, true_runs
 from .modalities import MODALITIES, get_modality
 
 #: Normalised values are clipped to +-INPUT_CLIP so an absurd input (1e30 in a magnitude column) cannot
@@ -684,21 +684,7 @@ class MosaicModel(MosaicPreTrainedModel):
     # ------------------------------------------------------------------------------------ calibration
     def _given_ranges(self, given: np.ndarray) -> dict:
         """A (D,) given-element mask -> {name: [[start, stop], ...]}, element ranges within each modality."""
-        ranges = {}
-        for name, s in self.config.modality_slices.items():
-            edges = np.flatnonzero(np.diff(np.concatenate([[0], given[s].astype(np.int8), [0]])))
-            if edges.size:
-                ranges[name] = edges.reshape(-1, 2).tolist()
-        return ranges
-
-    def _given_mask(self, ranges: dict) -> np.ndarray:
-        """{name: [[start, stop], ...]} -> the (D,) given-element mask."""
-        mask = np.zeros(self.config.num_elements, dtype=bool)
-        for name, pairs in ranges.items():
-            start = self.config.modality_slices[name].start
-            for a, b in pairs:
-                mask[start + a:start + b] = True
-        return mask
+        return {name: true_runs(given[s]) for name, s in self.config.modality_slices.items() if given[s].any()}
 
     def _recalibrate(self, means, log_variances, mixture, given: np.ndarray):
         """Apply the `config.calibration` entry whose given elements match each row: move every target's
@@ -708,7 +694,7 @@ class MosaicModel(MosaicPreTrainedModel):
         log_t, shift = np.zeros(given.shape, dtype=np.float32), np.zeros(given.shape, dtype=np.float32)
         slices = self.config.modality_slices
         for entry in self.config.calibration:
-            match = (given == self._given_mask(entry["given"])).all(axis=1)
+            match = (given == self.config.given_mask(entry["given"])).all(axis=1)
             for name, temperature in entry["temperature"].items():
                 log_t[match, slices[name]] = math.log(temperature)
             for name, d in entry.get("shift", {}).items():
@@ -731,7 +717,7 @@ class MosaicModel(MosaicPreTrainedModel):
         size = len(entries[0]["pit_knots"]["redshift"])
         knots = np.tile(np.linspace(0.0, 1.0, size), (given.shape[0], 1))
         for entry in entries:
-            match = (given == self._given_mask(entry["given"])).all(axis=1)
+            match = (given == self.config.given_mask(entry["given"])).all(axis=1)
             knots[match] = entry["pit_knots"]["redshift"]
         return knots
 

@@ -233,6 +233,7 @@ def build_model(model_args, normalization, train_sample):
     """A fresh model sized by the arguments, or the checkpoint `model_name_or_path`; normalisation from the
     catalog's statistics, step spreads from `train_sample` (modality columns of training rows)."""
     from .configuration_mosaic import MosaicConfig
+    from .evaluation.conditions import CONDITIONS
     from .modeling_mosaic import MosaicModel
 
     if model_args.model_name_or_path:
@@ -248,6 +249,9 @@ def build_model(model_args, normalization, train_sample):
         attention_dropout=model_args.attention_dropout,
         visible_loss_weight=model_args.visible_loss_weight,
         mask_visible_decay=model_args.mask_visible_decay,
+        mask_queries=[condition.given_ranges() for condition in CONDITIONS
+                      if set(condition.inputs_needed) <= set(model_args.modalities)],
+        mask_query_probability=model_args.mask_query_probability,
         head_type=model_args.head_type,
         redshift_mixture_components=model_args.redshift_mixture_components,
         nll_beta=model_args.nll_beta,

@@ -128,3 +128,58 @@ def test_uniforms_are_uniform_and_distinct_per_draw():
     assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
     assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.03
     assert MODALITY_NAMES == tuple(CONFIG.modalities)
+
+
+def figure2_queries():
+    from modeling_mosaic.evaluation.conditions import CONDITIONS
+
+    return [condition.given_ranges() for condition in CONDITIONS]
+
+
+def test_condition_given_ranges_mark_exactly_the_elements_its_inputs_show():
+    from modeling_mosaic.evaluation.conditions import CONDITIONS
+
+    columns = catalog(4, missing=0.0, element_missing=0.0)
+    for condition in CONDITIONS:
+        shown = np.isfinite(CONFIG.flatten(condition.inputs(columns)))
+        np.testing.assert_array_equal(shown, np.broadcast_to(CONFIG.given_mask(condition.given_ranges()), shown.shape))
+
+
+def test_query_probability_zero_leaves_the_random_masks_unchanged():
+    columns = catalog(300)
+    plain = MosaicMaskingCollator(CONFIG, seed=5)(columns)
+    with_queries = MosaicMaskingCollator(MosaicConfig(mask_queries=figure2_queries()), seed=5)(columns)
+    for key in ("input_mask", "target_mask"):
+        assert torch.equal(plain[key], with_queries[key])
+
+
+@pytest.mark.parametrize("probability", [0.3, 1.0])
+def test_a_query_sample_shows_exactly_one_query_and_the_queries_are_drawn_uniformly(probability):
+    queries = figure2_queries()
+    n = 6000
+    columns = catalog(n, missing=0.0, element_missing=0.0)
+    random = MosaicMaskingCollator(MosaicConfig(mask_queries=queries, mask_prior_probability=0.0), seed=2)(columns)
+    config = MosaicConfig(mask_queries=queries, mask_query_probability=probability, mask_prior_probability=0.0)
+    batch = MosaicMaskingCollator(config, seed=2)(columns)
+    given = np.stack([config.given_mask(q) for q in queries])
+    visible, random_visible = batch["input_mask"].numpy(), random["input_mask"].numpy()
+    np.testing.assert_array_equal(batch["target_mask"].numpy(), ~visible)  # every element is present here
+    matches = (visible[:, None, :] == given[None]).all(axis=2)  # (B, Q)
+    random_matches = (random_visible[:, None, :] == given[None]).all(axis=2).any(axis=1)
+    # A sample either keeps its random mask (same draws) or shows exactly one query.
+    assert (matches.any(axis=1) | (visible == random_visible).all(axis=1)).all()
+    # Among samples whose random mask is no query, each query is shown Binomial(n0, p / Q) times (5 sigma).
+    counts = matches[~random_matches].sum(axis=0)
+    mean = (~random_matches).sum() * probability / len(queries)
+    assert (np.abs(counts - mean) < 5 * np.sqrt(mean * (1 - probability / len(queries))) + 1).all(), (counts, mean)
+    if probability == 1.0:
+        assert matches.any(axis=1).all()
+
+
+def test_query_configuration_is_validated():
+    with pytest.raises(ValueError, match="needs mask_queries"):
+        MosaicConfig(mask_query_probability=0.5)
+    with pytest.raises(ValueError, match="mask_queries: the given ranges of 'sfh'"):
+        MosaicConfig(mask_queries=[{"sfh": [[0, 101]]}])
+    with pytest.raises(ValueError, match="mask_queries: 'colour'"):
+        MosaicConfig(mask_queries=[{"colour": [[0, 1]]}])

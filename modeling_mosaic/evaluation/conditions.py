@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..configuration_mosaic import true_runs
 from ..modalities import MODALITIES, MODALITY_NAMES, get_modality
 
 #: The cosmic time (Gyr) splitting the SFH into an "early" and a "late" window.
@@ -52,6 +53,11 @@ class Condition:
         """Elements of target `name` to score: the hidden ones of a partly given modality, else all (None)."""
         mask = self.partial.get(name)
         return None if mask is None else ~np.asarray(mask, dtype=bool)
+
+    def given_ranges(self) -> dict:
+        """{name: [[start, stop], ...]}: the element ranges shown (the format of `MosaicConfig.mask_queries`)."""
+        ranges = {n: [[0, get_modality(n).length]] for n in self.given}
+        return {**ranges, **{n: true_runs(mask) for n, mask in self.partial.items()}}
 
     def inputs(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model's `inputs` dict from catalog columns: given modalities as they are, partly given ones
