@@ -463,8 +463,8 @@ def _baselines_section(metrics) -> list[str]:
     first = next(iter(baselines["tasks"].values()))
     if first["n_train"] < first["n_train_available"]:
         lines += ["", f"The baselines were trained on a random subsample of {first['n_train']} of the "
-                  f"{first['n_train_available']} training galaxies (cap {baselines['max_train']}, `--max-train`); MOSAIC saw the whole "
-                  "train split, so these baselines are handicapped."]
+                  f"{first['n_train_available']} training galaxies (cap {baselines['max_train']}, `--max-train`); "
+                  "MOSAIC saw the whole train split, so these baselines are handicapped."]
     mosaic_s = sum(metrics["timing_s"]["mosaic_predict"].values())
     lines += ["", f"MOSAIC predicted every target of all conditions in {mosaic_s:.1f} s in total.", ""]
     return lines
