@@ -57,12 +57,15 @@ def test_tiny_run_saves_a_loadable_checkpoint_with_card_and_data_statistics(cata
     from transformers import AutoModel
 
     from modeling_mosaic.catalog.io import load_catalog, read_normalization
+    from modeling_mosaic.evaluation.conditions import CONDITIONS
 
     for name in ("config.json", "model.safetensors", "configuration_mosaic.py", "modeling_mosaic.py",
                  "modalities.py", "README.md"):
         assert (trained / name).is_file(), name
     assert not list(trained.glob("*.bin")) or [p.name for p in trained.glob("*.bin")] == ["training_args.bin"]
     model = AutoModel.from_pretrained(trained)
+    assert model.config.mask_query_probability == 0.3  # from tiny.yaml
+    assert model.config.mask_queries == [c.given_ranges() for c in CONDITIONS]  # the five figure-2 input sets
     stats = read_normalization(catalog)
     for name in model.config.modalities:
         np.testing.assert_allclose(model.config.normalization[name]["mean"], stats[name]["mean"], rtol=1e-6)
