@@ -134,7 +134,7 @@ def evaluation(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     model = FakeModel({k: np.asarray(v) for k, v in splits["test"].items()})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "load_model", lambda name: model)
+        mp.setattr(cli, "load_model", lambda name, device="cpu": model)
         assert cli.main(["--model", "fake", "--data", str(root), "--out", str(out), "--max-train", "200"]) == 0
     return out, json.loads((out / "metrics.json").read_text()), splits["test"], model
 
@@ -366,7 +366,7 @@ def test_max_test_and_switches(dataset, tmp_path, capsys):
     test = splits["test"]
     model = ZeroModel()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "load_model", lambda name: model)
+        mp.setattr(cli, "load_model", lambda name, device="cpu": model)
         cli.main(["--model", "m", "--data", str(root), "--out", str(tmp_path), "--max-test", "50",
                   "--no-baselines", "--no-figures", "--no-ablation"])
     assert str(tmp_path / "REPORT.md") in capsys.readouterr().out
@@ -379,11 +379,40 @@ def test_max_test_and_switches(dataset, tmp_path, capsys):
     assert test["log_stellar_mass"].min() <= mass_mae <= test["log_stellar_mass"].max()
 
 
+def test_baselines_from_an_earlier_evaluation_are_reused_only_on_the_same_rows(evaluation, dataset, tmp_path):
+    earlier_out, earlier, _, model = evaluation
+    root, _ = dataset
+    earlier_file = earlier_out / "metrics.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "load_model", lambda name, device="cpu": model)
+        cli.main(["--model", "fake", "--data", str(root), "--out", str(tmp_path / "again"), "--max-train", "200",
+                  "--no-figures", "--baselines-from", str(earlier_file)])
+        metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
+        assert metrics["baselines"] == earlier["baselines"]
+        assert metrics["sfh_convention_ablation"] == earlier["sfh_convention_ablation"]
+        assert metrics["baselines_from"] == str(earlier_file)
+        assert metrics["test_signature"] == earlier["test_signature"]
+        # Other test rows (--max-test) or another training cap: refused, naming the flag.
+        with pytest.raises(ValueError, match="--baselines-from .*test rows differ"):
+            cli.main(["--model", "fake", "--data", str(root), "--out", str(tmp_path / "sub"), "--max-train", "200",
+                      "--max-test", "50", "--no-figures", "--baselines-from", str(earlier_file)])
+        with pytest.raises(ValueError, match="--baselines-from .*capped at 200"):
+            cli.main(["--model", "fake", "--data", str(root), "--out", str(tmp_path / "cap"), "--max-train", "100",
+                      "--no-figures", "--baselines-from", str(earlier_file)])
+    assert not (tmp_path / "sub" / "metrics.json").exists()  # refused before anything was written
+
+
 def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match="data/"):
         cli.main(["--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="--max-test"):
         cli.main(["--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--max-test", "0"])
+    (tmp_path / "data").mkdir()
+    with pytest.raises(SystemExit, match="--baselines-from .*no such file"):
+        cli.main(["--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                  "--baselines-from", str(tmp_path / "missing.json")])
+    with pytest.raises(SystemExit, match="--device"):
+        cli.main(["--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "tpu"])
 
 
 def test_card_section_is_replaced_or_appended():

@@ -1,6 +1,7 @@
 """`mosaic-evaluate`: score a MOSAIC model on a catalog's test split and write a report.
 
     mosaic-evaluate --model DIR_OR_REPO --data DIR --out DIR [--max-test N] [--no-baselines] [--no-figures]
+                    [--device cuda] [--baselines-from EARLIER/metrics.json]
 """
 
 from __future__ import annotations
@@ -30,15 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.add_argument("--batch-size", type=int, default=4096, help="galaxies per model.predict batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of every subsample and estimator")
+    parser.add_argument("--device", default="auto", help="where the model predicts: auto (cuda when available), cpu, cuda")
+    parser.add_argument("--baselines-from", default=None, metavar="METRICS_JSON",
+                        help="reuse the baselines and SFH ablation of an earlier evaluation of the same test rows")
     return parser
 
 
-def load_model(name_or_path: str):
-    """The model through transformers.AutoModel (the repo's own remote code), in eval mode."""
+def load_model(name_or_path: str, device: str = "cpu"):
+    """The model through transformers.AutoModel (the repo's own remote code), in eval mode on `device`."""
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
-    return model.eval() if hasattr(model, "eval") else model
+    return model.to(device).eval()
+
+
+def resolve_device(name: str) -> str:
+    """--device: auto is cuda when torch sees a GPU, else cpu; an explicit cuda without one is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch sees no CUDA device")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise SystemExit(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    return name
 
 
 def main(argv=None) -> int:
@@ -50,13 +67,16 @@ def main(argv=None) -> int:
             raise SystemExit(f"{flag} must be a positive integer, got {value}")
     if not (Path(args.data) / "data").is_dir():
         raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
+    if args.baselines_from is not None and not Path(args.baselines_from).is_file():
+        raise SystemExit(f"--baselines-from {args.baselines_from}: no such file")
+    device = resolve_device(args.device)
     from .report import run_evaluation
 
     run_evaluation(
-        load_model(args.model), args.data, args.out, max_test=args.max_test, baselines=not args.no_baselines,
+        load_model(args.model, device), args.data, args.out, max_test=args.max_test, baselines=not args.no_baselines,
         figures=not args.no_figures, ablation=not args.no_ablation, ablation_catalogs=args.ablation_data,
         seed=args.seed, batch_size=args.batch_size,
-        max_train=args.max_train, threads=args.threads, model_name=args.model,
+        max_train=args.max_train, threads=args.threads, model_name=args.model, baselines_from=args.baselines_from,
     )
     print(f"report: {Path(args.out) / 'REPORT.md'}")
     print(f"metrics: {Path(args.out) / 'metrics.json'}")

@@ -90,6 +90,46 @@ def _take(columns: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.n
     return {k: v[rows] for k, v in columns.items()}
 
 
+#: Columns summarised by `test_signature`, and the relative tolerance within which two signatures match: a
+#: catalog regenerated from the same seed on another machine differs in the last bits of its photometry.
+SIGNATURE_COLUMNS = ("redshift", "log_stellar_mass", "lsst")
+SIGNATURE_RTOL = 1e-5
+
+
+def test_signature(test: Mapping[str, np.ndarray]) -> dict:
+    """Row count, means and standard deviations of the evaluated test rows: what says that an earlier
+    evaluation's baselines were scored on the same galaxies."""
+    out = {"n": int(len(test["redshift"]))}
+    for name in SIGNATURE_COLUMNS:
+        if name in test:
+            values = np.asarray(test[name], dtype=np.float64)
+            out[f"{name}_mean"] = np.nanmean(values, axis=0).tolist()
+            out[f"{name}_std"] = np.nanstd(values, axis=0).tolist()
+    return out
+
+
+def reuse_baselines(earlier: Mapping, earlier_path, signature: Mapping, max_train: int | None) -> dict:
+    """The baselines and SFH ablation of an earlier metrics.json of the same catalog, after checking that it
+    scored the same test rows (signature) with the same training cap. They do not depend on the model."""
+    where = f"--baselines-from {earlier_path}"
+    if not (earlier.get("baselines") or {}).get("tasks"):
+        raise ValueError(f"{where}: that evaluation ran no baselines")
+    theirs = earlier.get("test_signature")
+    if theirs is None:
+        raise ValueError(f"{where}: no test_signature (written by mosaic-evaluate since 2026-11-29); rerun it")
+    if earlier["baselines"].get("max_train") != max_train:
+        raise ValueError(f"{where}: its baselines were capped at {earlier['baselines'].get('max_train')} "
+                         f"training rows, this evaluation at {max_train}")
+    for key, ours in signature.items():
+        if key not in theirs or not np.allclose(theirs[key], ours, rtol=SIGNATURE_RTOL, atol=0.0):
+            raise ValueError(f"{where}: its test rows differ from these ({key}: {theirs.get(key)} vs {ours}); "
+                             "baselines are only reused on the same catalog and --max-test/--seed")
+    out = {"baselines": earlier["baselines"], "baselines_from": os.fspath(earlier_path)}
+    if "sfh_convention_ablation" in earlier:
+        out["sfh_convention_ablation"] = earlier["sfh_convention_ablation"]
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the model
 def model_modalities(model) -> tuple[str, ...]:
     """The modalities a model knows (config.modalities), in registry order."""
@@ -245,12 +285,15 @@ def run_evaluation(
     max_train: int | None = MAX_TRAIN,
     threads: int | None = THREADS,
     model_name: str = "",
+    baselines_from=None,
 ) -> dict:
     """Evaluate `model` on DATA_DIR's test split, write OUT_DIR/metrics.json, REPORT.md and the PNG
     figures, and return the metrics. `max_test` subsamples the test rows (seeded); `max_train` caps the
     training rows of the baselines and the ablation, `threads` their thread count. `ablation_catalogs` are
     more catalog folders (e.g. the same catalog built with the other SFH convention) whose ablation gains are
-    reported beside DATA_DIR's, each key prefixed with the catalog's SFH convention."""
+    reported beside DATA_DIR's, each key prefixed with the catalog's SFH convention. `baselines_from` is the
+    metrics.json of an earlier evaluation of the same test rows whose baselines and ablation are reused
+    instead of refitted (they do not depend on the model; at paper scale they take most of the time)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,6 +303,10 @@ def run_evaluation(
     test_all = read_split(data_dir, "test", [n for n in MODALITY_NAMES if n in needed])
     n_available = len(test_all["redshift"])
     test = _take(test_all, subsample_rows(n_available, max_test, seed))
+    signature = test_signature(test)
+    reused = None
+    if baselines_from is not None:  # checked before any prediction: a mismatch costs nothing
+        reused = reuse_baselines(json.loads(Path(baselines_from).read_text()), baselines_from, signature, max_train)
 
     results, predictions, predict_s, pits = evaluate_model(model, test, conditions, batch_size)
     metrics = {
@@ -279,8 +326,11 @@ def run_evaluation(
         "nmae_definition": NMAE_DEFINITION,
         "baselines": {},
         "timing_s": {"mosaic_predict": predict_s},
+        "test_signature": signature,
     }
-    if baselines or ablation:
+    if reused is not None:
+        metrics.update(reused)
+    elif baselines or ablation:
         train = read_split(data_dir, "train", TRAIN_COLUMNS)
         if baselines:
             tasks = [t for t in TASKS if t.condition in results]
