@@ -4,6 +4,7 @@ samples/s, the epoch time extrapolated to the paper's 185,247 training galaxies,
 against a bf16 matrix multiply measured in the same run.
 
     bash benchmarks/gpu.sh                              # CUDA: paper config, batch 2048, bf16, compile
+    bash benchmarks/gpu.sh --batch-size 2048 8192       # a sweep: the best MFU leads, every size in "sweep"
     python benchmarks/gpu.py --device cpu --steps 2     # the CPU fallback: fp32, no compile, a small batch
 
 Batches are synthetic galaxies in the catalog's layout put through the real MosaicMaskingCollator (benchmarks/
@@ -43,31 +44,50 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cuda or cpu")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 30 on CUDA, 2 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 on CUDA, 1 on CPU)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="default: the config's batch on CUDA, 8 on CPU")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=None,
+                        help="one or more (a sweep); default: the config's batch on CUDA, 8 on CPU")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     parser.add_argument("--out", default=None, help="write the result JSON here (atomically)")
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        values = getattr(args, name)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and value < 1:
+                parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.warmup is not None and args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
     return args
 
 
 def benchmark(args) -> dict:
+    """Every batch size of the sweep; the one of the best MFU leads the result, all are under "sweep"."""
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
     on_gpu = device.startswith("cuda")
+    sizes = args.batch_size or [training_config(args.config)["per_device_train_batch_size"] if on_gpu else 8]
+    runs = []
+    for batch_size in sizes:
+        runs.append(benchmark_batch(args, device, batch_size))
+        print(json.dumps(runs[-1]), flush=True)
+        if on_gpu:
+            torch._dynamo.reset()  # each size compiles its own static graphs, as a training job would
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    best = max(runs, key=lambda r: r["mfu"])
+    keys = ("batch_size", "samples_per_s", "step_s", "mfu", "first_step_s", "peak_device_memory_gb")
+    return {**best, "sweep": [{k: r[k] for k in keys} for r in runs]}
+
+
+def benchmark_batch(args, device: str, batch_size: int) -> dict:
+    import torch
+
+    on_gpu = device.startswith("cuda")
     steps = args.steps or (30 if on_gpu else 2)
     warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
-    batch_size = args.batch_size or (training_config(args.config)["per_device_train_batch_size"] if on_gpu else 8)
     bf16 = on_gpu and not args.fp32
     compile_model = on_gpu and not args.no_compile
     if on_gpu:

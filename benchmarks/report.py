@@ -144,7 +144,13 @@ def gpu_section(results: dict) -> str:
                 "suite. Run `bash benchmarks/gpu.sh` on a CUDA machine; it writes benchmarks/gpu_results.json, "
                 "which the next `run.py` includes here.")
     rows = [[k, v] for k, v in gpu.items() if not isinstance(v, (dict, list))]
-    return "## GPU (paper config, bf16, torch.compile)\n\n" + _table(["", "value"], rows)
+    text = "## GPU (paper config, bf16, torch.compile)\n\n" + _table(["", "value"], rows)
+    sweep = gpu.get("sweep") or []
+    if len(sweep) > 1:
+        header = ["batch", "step s", "samples/s", "MFU", "peak GPU memory GB"]
+        text += "\n\nBatch sweep (the row above is the best MFU):\n\n" + _table(header, [
+            [r["batch_size"], r["step_s"], r["samples_per_s"], r["mfu"], r["peak_device_memory_gb"]] for r in sweep])
+    return text
 
 
 def busy_warning(env: dict) -> str:

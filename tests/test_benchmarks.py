@@ -100,7 +100,8 @@ def test_gpu_script_cpu_fallback_needs_neither_datasets_nor_pyarrow(tmp_path):
         "import runpy, sys\n"
         "sys.modules['datasets'] = None\n"  # importing either now raises ImportError
         "sys.modules['pyarrow'] = None\n"
-        f"sys.argv = ['gpu.py', '--device', 'cpu', '--config', 'tiny', '--steps', '2', '--out', {str(out)!r}]\n"
+        f"sys.argv = ['gpu.py', '--device', 'cpu', '--config', 'tiny', '--steps', '2', '--batch-size', '4', '8',"
+        f" '--out', {str(out)!r}]\n"
         f"runpy.run_path({str(BENCHMARKS / 'gpu.py')!r}, run_name='__main__')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, cwd=ROOT,
@@ -112,6 +113,20 @@ def test_gpu_script_cpu_fallback_needs_neither_datasets_nor_pyarrow(tmp_path):
     assert result["epoch_s_paper_train_set"] == pytest.approx(185_247 / result["samples_per_s"])
     assert result["mfu"] == pytest.approx(result["achieved_flops_per_s"] / result["matmul_flops_per_s"])
     assert math.isfinite(result["final_loss"])
+    # The sweep: one entry per batch size, in order; the result is the entry of the best MFU.
+    assert [r["batch_size"] for r in result["sweep"]] == [4, 8]
+    best = max(result["sweep"], key=lambda r: r["mfu"])
+    assert (result["batch_size"], result["mfu"]) == (best["batch_size"], best["mfu"])
+
+
+def test_gpu_section_shows_the_result_and_every_size_of_the_sweep():
+    from report import gpu_section
+
+    sweep = [{"batch_size": b, "step_s": 0.1, "samples_per_s": b / 0.1, "mfu": m, "peak_device_memory_gb": 1.0}
+             for b, m in ((2048, 0.45), (8192, 0.44))]
+    text = gpu_section({"gpu": {**sweep[0], "device": "NVIDIA H200", "sweep": sweep}})
+    assert "Pending" not in text and "NVIDIA H200" in text
+    assert "| 2048 |" in text and "| 8192 |" in text and "Batch sweep" in text
 
 
 def test_gpu_script_rejects_bad_arguments():
