@@ -399,7 +399,7 @@ def test_baselines_from_an_earlier_evaluation_are_reused_only_on_the_same_rows(e
         with pytest.raises(ValueError, match="--baselines-from .*capped at 200"):
             cli.main(["--model", "fake", "--data", str(root), "--out", str(tmp_path / "cap"), "--max-train", "100",
                       "--no-figures", "--baselines-from", str(earlier_file)])
-    assert not (tmp_path / "sub" / "metrics.json").exists()  # refused before anything was written
+    assert not (tmp_path / "sub").exists() and not (tmp_path / "cap").exists()  # refused before any output
 
 
 def test_cli_rejects_bad_arguments(tmp_path):

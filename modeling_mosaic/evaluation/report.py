@@ -296,7 +296,6 @@ def run_evaluation(
     instead of refitted (they do not depend on the model; at paper scale they take most of the time)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     modalities = model_modalities(model)
     conditions = [c for c in CONDITIONS if set(c.inputs_needed) <= set(modalities)]
     needed = set(modalities) | set(TRAIN_COLUMNS)
@@ -307,6 +306,7 @@ def run_evaluation(
     reused = None
     if baselines_from is not None:  # checked before any prediction: a mismatch costs nothing
         reused = reuse_baselines(json.loads(Path(baselines_from).read_text()), baselines_from, signature, max_train)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     results, predictions, predict_s, pits = evaluate_model(model, test, conditions, batch_size)
     metrics = {
