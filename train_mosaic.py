@@ -55,6 +55,11 @@ class DataArguments:
     noise: str = field(default="none", metadata={"help": "none or realistic"})
     validation_size: int = field(default=1000, metadata={"help": "rows held out of train for evaluation"})
     max_train_samples: int | None = None
+    calibration_data: str | None = field(default=None, metadata={
+        "help": "catalog whose last train rows calibrate the gaussian head (default: the validation rows)"})
+    calibration_catalog_seed: int | None = field(default=None, metadata={
+        "help": "build calibration_data from the catalog preset with this seed when absent (an independent draw)"})
+    calibration_rows: int | None = field(default=None, metadata={"help": "rows of calibration_data (default all)"})
 
 
 def parse_args(argv: list[str] | None = None):

@@ -123,6 +123,59 @@ def test_gaussian_run_saves_calibration_for_the_figure2_queries(catalog, tmp_pat
                             "--rows", "100000"])
 
 
+def test_gaussian_run_calibrates_on_an_independent_catalog_drawn_with_another_seed(catalog, tmp_path):
+    from transformers import AutoModel
+
+    from modeling_mosaic.catalog.io import load_catalog
+    from modeling_mosaic.evaluation.conditions import calibrate_for_conditions
+    from modeling_mosaic.evaluation.report import read_split
+
+    calibration_data = tmp_path / "calibration"
+    train(catalog, tmp_path / "model", "--head_type", "gaussian", "--max_steps", "4", "--save_strategy", "no",
+          "--catalog", "tiny", "--calibration_data", str(calibration_data), "--calibration_catalog_seed", "1",
+          "--calibration_rows", "150")
+    info = json.loads((calibration_data / "catalog.json").read_text())
+    assert info["provenance"]["options"]["seed"] == 1  # built from the preset, another draw
+    theirs, ours = (np.asarray(load_catalog(p, split="train").with_format("numpy")["redshift"][:50])
+                    for p in (calibration_data, catalog))
+    assert not np.allclose(theirs, ours)
+    model = AutoModel.from_pretrained(tmp_path / "model")
+    saved = model.config.calibration
+    columns = read_split(str(calibration_data), "train", model.config.modalities)
+    model.config.calibration = []
+    calibrate_for_conditions(model.eval(), {k: v[-150:] for k, v in columns.items()})
+    assert saved == model.config.calibration and len(saved) == 5  # the last 150 rows, as mosaic-calibrate
+    assert "independent catalog" in (tmp_path / "model" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--calibration_rows", "10"], "need --calibration_data"),
+    (["--calibration_data", "CATALOG"], "is the training catalog"),
+    (["--calibration_data", "OTHER", "--calibration_catalog_seed", "0", "--catalog", "tiny"], "equals --catalog_seed"),
+    (["--calibration_data", "CATALOG2", "--calibration_rows", "100000"], "--calibration_rows 100000: the train split"),
+])
+def test_bad_calibration_arguments_fail_before_training(catalog, tmp_path, extra, message):
+    import shutil
+
+    if "CATALOG2" in extra:
+        shutil.copytree(catalog, tmp_path / "copy")
+    names = {"CATALOG": catalog, "CATALOG2": str(tmp_path / "copy"), "OTHER": str(tmp_path / "other")}
+    with pytest.raises(ValueError, match=message):
+        train(catalog, tmp_path / "model", "--head_type", "gaussian", *[names.get(a, a) for a in extra])
+    assert not (tmp_path / "model").exists() and not (tmp_path / "other").exists()
+
+
+def test_a_calibration_seed_without_a_preset_is_refused(catalog, tmp_path):
+    from train_mosaic import DataArguments
+
+    from modeling_mosaic.training import prepare_calibration_catalog
+
+    args = DataArguments(data_path=catalog, calibration_data=str(tmp_path / "other"), calibration_catalog_seed=1)
+    with pytest.raises(ValueError, match="give --catalog too"):
+        prepare_calibration_catalog(args, catalog)
+    assert not (tmp_path / "other").exists()
+
+
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(catalog, trained, tmp_path):
     """Kill (SIGKILL) a run after its step-4 checkpoint, resume from it, and compare with `trained`."""
     out = tmp_path / "killed"
