@@ -15,6 +15,7 @@ from modeling_mosaic.evaluation import cli
 from modeling_mosaic.evaluation.baselines import (
     GAIN_TASKS,
     TASKS,
+    DenseNetwork,
     condition_features,
     sfh_convention_ablation,
     sfh_conventions,
@@ -278,15 +279,32 @@ def test_baselines_are_scored_and_their_gains_follow_the_formula(evaluation):
     assert set(base["tasks"]) == {t.name for t in TASKS}
     for task in base["tasks"].values():
         assert task["n_train"] == 200 and task["n_train_available"] == N_TRAIN
-        for est in ("knn", "hgb"):
+        for est in ("knn", "hgb", "mlp"):
             r = task["estimators"][est]
             assert r["mae"] > 0 and r["fit_s"] >= 0 and r["predict_s"] >= 0
             assert r["nmae_p16"] <= r["nmae_median"] <= r["nmae_p84"]
         assert task["estimators"]["knn"]["params"]["k"] in (5, 10, 20, 40)
+        assert 1 <= task["estimators"]["mlp"]["params"]["best_epoch"] <= task["estimators"]["mlp"]["params"]["epochs"]
     for est, gains in base["gains"].items():
         for key, (with_, without) in GAIN_TASKS.items():
             maes = [base["tasks"][t]["estimators"][est]["mae"] for t in (with_, without)]
             assert gains[key] == pytest.approx(1 - maes[0] / maes[1])
+
+
+def test_dense_network_learns_a_smooth_function_reproducibly_and_imputes_missing_features():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 6))
+    y = np.sin(X[:, 0]) + 0.5 * X[:, 1] ** 2 - X[:, 2] * X[:, 3]
+    X_test = rng.normal(size=(500, 6))
+    y_test = np.sin(X_test[:, 0]) + 0.5 * X_test[:, 1] ** 2 - X_test[:, 2] * X_test[:, 3]
+    first, second = (DenseNetwork(width=64, epochs=15, seed=3).fit(X, y) for _ in range(2))
+    prediction = first.predict(X_test)
+    np.testing.assert_array_equal(prediction, second.predict(X_test))  # same seed, same network
+    floor = np.abs(y_test - np.median(y)).mean()  # the best constant's MAE
+    assert np.abs(prediction - y_test).mean() < 0.25 * floor
+    X_test[:, 5] = np.nan  # an unused feature goes missing: its training median stands in
+    assert np.isfinite(first.predict(X_test)).all()
+    assert np.abs(first.predict(X_test) - y_test).mean() < 0.3 * floor
 
 
 def test_ablation_reports_every_convention_on_both_samples(evaluation):
