@@ -364,7 +364,8 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         # Shifts and temperatures for the figure-2 queries, fitted on unseen galaxies and saved in the config.
         from .evaluation.conditions import calibrate_for_conditions
 
-        held_out = (val if calibration is None else calibration).with_format("numpy", columns=list(config.modalities))[:]
+        unseen = val if calibration is None else calibration
+        held_out = unseen.with_format("numpy", columns=list(config.modalities))[:]
         fitted = calibrate_for_conditions(trainer.model.eval(), held_out)
         metrics.update({f"calibration_{c}_{t}_{k}": v for c, ts in fitted.items() for t, f in ts.items()
                         for k, v in f.items() if t in ("redshift", "log_stellar_mass")})

@@ -4,8 +4,9 @@ Each task predicts one scalar from the inputs of one figure-2 condition, with th
 as features (transformed by the registry into the space MOSAIC learns in: asinh magnitudes as they are,
 an SFH as log10(SFR + 1e-3) on its given elements). Three estimators per task: a k-nearest-neighbours
 regressor on standardised features (k picked on a validation split), a histogram gradient-boosting
-regressor, and a dense network trained for the task alone (`DenseNetwork`). All are trained on (a subsample of) the train split and scored on the test rows with the same
-metric functions as MOSAIC. Also here: the SFH-convention ablation of the late-vs-early stellar-mass gain.
+regressor, and a dense network trained for the task alone (`DenseNetwork`). All are trained on (a
+subsample of) the train split and scored on the test rows with the same metric functions as MOSAIC. Also
+here: the SFH-convention ablation of the late-vs-early stellar-mass gain.
 """
 
 from __future__ import annotations
