@@ -148,7 +148,7 @@ class DenseNetwork:
             torch.manual_seed(self.seed)
             self.network_ = net = self._network(X.shape[1])
             steps = self.epochs * -(-len(fit) // self.batch_size)
-            optimizer = torch.optim.AdamW(net.parameters(), lr=self.learning_rate / 2, weight_decay=1e-4)
+            optimizer = torch.optim.AdamW(net.parameters(), lr=self.learning_rate, weight_decay=1e-4)
             schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, self.learning_rate, total_steps=steps)
             generator = torch.Generator().manual_seed(self.seed)
             best, self.best_epoch_ = np.inf, self.epochs
