@@ -113,12 +113,19 @@ class ValidatedKNN:
 
     @staticmethod
     def _pipeline():
-        from sklearn.impute import SimpleImputer
         from sklearn.neighbors import KNeighborsRegressor
         from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
 
-        return make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), KNeighborsRegressor())
+        return make_pipeline(*standardised_features(), KNeighborsRegressor())
+
+
+def standardised_features() -> list:
+    """Median imputation of missing features, then standardisation: the first steps of k-NN and the dense
+    network, unfitted."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import StandardScaler
+
+    return [SimpleImputer(strategy="median"), StandardScaler()]
 
 
 class DenseNetwork:
@@ -133,16 +140,15 @@ class DenseNetwork:
 
     def fit(self, X, y):
         import torch
+        from sklearn.pipeline import make_pipeline
 
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        self.median_ = np.nan_to_num(np.nanmedian(X, axis=0))
-        filled = self._impute(X)
-        self.mean_, self.std_ = filled.mean(axis=0), filled.std(axis=0) + 1e-12
+        self.features_ = make_pipeline(*standardised_features()).fit(X)
         self.y_mean_, self.y_std_ = float(y.mean()), float(y.std()) + 1e-12
         order = np.random.default_rng(self.seed).permutation(len(X))
         n_val = max(1, len(X) // 10) if len(X) >= 10 else 0
         val, fit = order[:n_val], order[n_val:]
-        features = torch.tensor(self._standardise(filled), dtype=torch.float32)
+        features = torch.tensor(self.features_.transform(X), dtype=torch.float32)
         target = torch.tensor((y - self.y_mean_) / self.y_std_, dtype=torch.float32)
         with _torch_threads(self.threads):
             torch.manual_seed(self.seed)
@@ -174,7 +180,7 @@ class DenseNetwork:
     def predict(self, X):
         import torch
 
-        features = torch.tensor(self._standardise(self._impute(np.asarray(X, dtype=np.float64))), dtype=torch.float32)
+        features = torch.tensor(self.features_.transform(np.asarray(X, dtype=np.float64)), dtype=torch.float32)
         self.network_.eval()
         with _torch_threads(self.threads), torch.no_grad():
             out = torch.cat([self.network_(chunk).squeeze(-1) for chunk in features.split(65536)])
@@ -182,12 +188,6 @@ class DenseNetwork:
 
     def params(self) -> dict:
         return {"width": self.width, "epochs": self.epochs, "best_epoch": self.best_epoch_}
-
-    def _impute(self, X):
-        return np.where(np.isfinite(X), X, self.median_)
-
-    def _standardise(self, X):
-        return (X - self.mean_) / self.std_
 
     def _network(self, features: int):
         from torch import nn
