@@ -67,6 +67,15 @@ DEFAULT_REDSHIFT_GRID = np.linspace(0.0, 3.5, 351)
 DEFAULT_REDSHIFT_GRID.setflags(write=False)
 
 
+def full_precision(tensor: torch.Tensor):
+    """Autocast switched off on `tensor`'s device. The embeddings and the heads run in their weights' dtype even
+    under bf16 mixed precision: bf16 keeps 8 bits of mantissa, so a normalised input or output near 1 moves in
+    steps of ~0.004 standard deviations, the size of the colour differences a sharp photo-z needs. They are a
+    sliver of the FLOPs; a dense photo-z network trained under bf16 autocast reached 0.0038 on the paper
+    catalog, 0.0032 with its first and last layers in fp32 and 0.0031 in fp32 throughout."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 @dataclass
 class MosaicModelOutput(ModelOutput):
     """Output of `MosaicModel.forward`.
@@ -252,7 +261,8 @@ class MosaicEmbeddings(nn.Module):
     def forward(self, patches, patch_visible, patch_steps, patch_errors, token_ids, token_modality):
         per_element = [f for f in (patches, patch_visible, patch_steps, patch_errors) if f is not None]
         features = torch.cat(per_element, dim=-1).to(self.weight.dtype)
-        embedded = torch.einsum("btf,tfh->bth", features, self.weight[token_modality])
+        with full_precision(features):
+            embedded = torch.einsum("btf,tfh->bth", features, self.weight[token_modality])
         embedded = embedded + self.bias[token_modality] + self.position[token_ids] + self.modality[token_modality]
         is_query = ~(patch_visible > 0).any(dim=-1, keepdim=True)
         return self.dropout(torch.where(is_query, embedded + self.mask, embedded))
@@ -341,7 +351,9 @@ class MosaicHeads(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_modalities, outputs))
 
     def forward(self, hidden_states, token_modality):
-        return torch.einsum("bth,thp->btp", hidden_states, self.weight[token_modality]) + self.bias[token_modality]
+        with full_precision(hidden_states):
+            hidden_states = hidden_states.to(self.weight.dtype)
+            return torch.einsum("bth,thp->btp", hidden_states, self.weight[token_modality]) + self.bias[token_modality]
 
 
 class RedshiftMixtureHead(nn.Module):
@@ -361,7 +373,8 @@ class RedshiftMixtureHead(nn.Module):
         return torch.cat([torch.zeros(k), torch.linspace(-1.5, 1.5, k) if k > 1 else torch.zeros(1), torch.zeros(k)])
 
     def forward(self, hidden_states):
-        mixture = (hidden_states @ self.weight + self.bias).view(-1, 3, self.num_components)
+        with full_precision(hidden_states):
+            mixture = (hidden_states.to(self.weight.dtype) @ self.weight + self.bias).view(-1, 3, self.num_components)
         limit = LOG_VARIANCE_LIMIT / 2
         return torch.cat([mixture[:, :2], mixture[:, 2:].clamp(-limit, limit)], dim=1)
 

@@ -147,6 +147,31 @@ def test_sdpa_matches_eager(model, batch):
         torch.testing.assert_close(eager[key], sdpa[key], rtol=1e-5, atol=1e-5)
 
 
+def test_embeddings_and_heads_stay_fp32_under_bf16_autocast(batch):
+    """Under bf16 mixed precision the embeddings and every head compute exactly what they compute in fp32
+    from the same inputs (the blocks between them run in bf16)."""
+    torch.manual_seed(0)
+    model = MosaicModel(MosaicConfig(**TINY, head_type="gaussian")).eval()
+    seen = {}
+    hooks = [getattr(model, name).register_forward_hook(
+        lambda module, args, output, name=name: seen.__setitem__(name, (args, output)))
+        for name in ("embeddings", "heads", "redshift_head")]
+    try:
+        model(*batch)
+        fp32_embeddings = seen["embeddings"][1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(*batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(seen["embeddings"][1], fp32_embeddings)
+    for name in ("heads", "redshift_head"):
+        args, output = seen[name]
+        assert args[0].dtype == torch.float32 and output.dtype == torch.float32
+        torch.testing.assert_close(output, getattr(model, name)(*args), rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.blocks[0].mlp.fc1(fp32_embeddings).dtype == torch.bfloat16  # autocast was on
+
 def test_bad_inputs_raise_clear_errors(model):
     with pytest.raises(ValueError, match="valid names are redshift, log_halo_mass"):
         model.predict({"photo_z": np.zeros(3)})
