@@ -257,6 +257,18 @@ def test_push_to_hub_through_the_hub_client_then_pull(catalog, trained, tmp_path
     np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), expected)
 
 
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(config):
+    """Every key of every shipped recipe is an argument the script knows (a misspelt one would only fail when
+    a user starts that run); the GPU recipe with the CPU overrides the README gives."""
+    import train_mosaic
+
+    cpu = ["--bf16", "false", "--torch_compile", "false"] if config.name == "paper.yaml" else []
+    model_args, data_args, training_args = train_mosaic.parse_args(["--config", str(config), *cpu])
+    assert data_args.catalog == config.stem.removesuffix("_cpu")
+    assert training_args.num_train_epochs > 0 and model_args.hidden_size > 0
+
+
 def test_unknown_modality_fails_before_any_work(catalog, tmp_path):
     with pytest.raises(ValueError, match="unknown modality 'colour'.*redshift"):
         train(catalog, tmp_path / "bad", "--modalities", "redshift", "colour")
