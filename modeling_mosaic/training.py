@@ -312,6 +312,9 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     from .noise import noise_columns
 
     MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
+    if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
+        raise ValueError("--dataloader_persistent_workers: the masks change every epoch through the collator, and "
+                         "persistent workers would keep their copy of the first epoch's; leave it false")
     with PartialState().main_process_first():
         path = prepare_catalog(data_args)
         train = load_catalog(path, split="train")

@@ -165,6 +165,12 @@ def test_bad_calibration_arguments_fail_before_training(catalog, tmp_path, extra
     assert not (tmp_path / "model").exists() and not (tmp_path / "other").exists()
 
 
+def test_persistent_workers_are_refused_before_training(catalog, tmp_path):
+    with pytest.raises(ValueError, match="--dataloader_persistent_workers"):
+        train(catalog, tmp_path / "model", "--dataloader_num_workers", "1", "--dataloader_persistent_workers", "true")
+    assert not (tmp_path / "model").exists()
+
+
 def test_a_calibration_seed_without_a_preset_is_refused(catalog, tmp_path):
     from train_mosaic import DataArguments
 
