@@ -172,6 +172,7 @@ def test_embeddings_and_heads_stay_fp32_under_bf16_autocast(batch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.blocks[0].mlp.fc1(fp32_embeddings).dtype == torch.bfloat16  # autocast was on
 
+
 def test_bad_inputs_raise_clear_errors(model):
     with pytest.raises(ValueError, match="valid names are redshift, log_halo_mass"):
         model.predict({"photo_z": np.zeros(3)})
