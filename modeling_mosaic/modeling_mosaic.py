@@ -75,6 +75,13 @@ def full_precision(tensor: torch.Tensor):
     return torch.autocast(tensor.device.type, enabled=False)
 
 
+def per_token(bank: torch.Tensor, token_modality: torch.Tensor) -> torch.Tensor:
+    """Each token's row of a per-modality weight bank. `index_select`, not `bank[token_modality]`: the backward
+    of plain indexing adds the tokens' gradients into a shared row with atomic adds on a multi-threaded CPU, in
+    an order that varies from run to run, and training with two threads stopped being reproducible."""
+    return bank.index_select(0, token_modality)
+
+
 @dataclass
 class MosaicModelOutput(ModelOutput):
     """Output of `MosaicModel.forward`.
@@ -261,8 +268,8 @@ class MosaicEmbeddings(nn.Module):
         per_element = [f for f in (patches, patch_visible, patch_steps, patch_errors) if f is not None]
         features = torch.cat(per_element, dim=-1).to(self.weight.dtype)
         with full_precision(features):
-            embedded = torch.einsum("btf,tfh->bth", features, self.weight[token_modality])
-        embedded = embedded + self.bias[token_modality] + self.position[token_ids] + self.modality[token_modality]
+            embedded = torch.einsum("btf,tfh->bth", features, per_token(self.weight, token_modality))
+        embedded = embedded + per_token(self.bias + self.modality, token_modality) + self.position[token_ids]
         is_query = ~(patch_visible > 0).any(dim=-1, keepdim=True)
         return self.dropout(torch.where(is_query, embedded + self.mask, embedded))
 
@@ -352,7 +359,8 @@ class MosaicHeads(nn.Module):
     def forward(self, hidden_states, token_modality):
         with full_precision(hidden_states):
             hidden_states = hidden_states.to(self.weight.dtype)
-            return torch.einsum("bth,thp->btp", hidden_states, self.weight[token_modality]) + self.bias[token_modality]
+            return (torch.einsum("bth,thp->btp", hidden_states, per_token(self.weight, token_modality))
+                    + per_token(self.bias, token_modality))
 
 
 class RedshiftMixtureHead(nn.Module):

@@ -173,6 +173,35 @@ def test_embeddings_and_heads_stay_fp32_under_bf16_autocast(batch):
         assert model.blocks[0].mlp.fc1(fp32_embeddings).dtype == torch.bfloat16  # autocast was on
 
 
+def test_backward_has_no_order_dependent_scatter(batch):
+    """Training is reproducible on a multi-threaded CPU only if no gradient is summed in an order that depends
+    on thread timing: a backward scatter that adds into the same element twice (a gather with repeated
+    indices, like a per-modality weight bank indexed per token) does that with atomic adds."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Scatters(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.repeated = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            accumulate = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+            if func.__name__.startswith("index_put") and accumulate:
+                for index in args[1]:
+                    if index is not None and index.unique().numel() < index.numel():
+                        self.repeated.append((str(func), tuple(args[0].shape)))
+            return func(*args, **kwargs)
+
+    torch.manual_seed(0)
+    model = MosaicModel(MosaicConfig(**TINY, head_type="gaussian")).train()
+    loss = model(*batch).loss
+    with Scatters() as scatters:
+        loss.backward()
+    assert scatters.repeated == []
+    assert all(p.grad is not None for p in (model.embeddings.weight, model.heads.weight))
+
+
 def test_bad_inputs_raise_clear_errors(model):
     with pytest.raises(ValueError, match="valid names are redshift, log_halo_mass"):
         model.predict({"photo_z": np.zeros(3)})
