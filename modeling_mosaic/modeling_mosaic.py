@@ -130,9 +130,8 @@ class MosaicLayout(nn.Module):
 
     @staticmethod
     def tables(config: MosaicConfig) -> dict:
-        """name -> tensor: per element its modality, whether it is the redshift, its slot (token * P + position in
-        patch) and transform; per token its modality and elements (padding points one past the end); the
-        per-modality token-averaging matrix."""
+        """name -> tensor: per element its modality, whether it is the redshift, and its transform; per token its
+        modality and elements (padding points one past the end); the per-modality token-averaging matrix."""
         patch, num_elements = max(config.patch_sizes.values()), config.num_elements
         element_modality, element_token, element_slot = [], [], []
         transform = {"log": [], "scale": [], "offset": []}
@@ -159,7 +158,6 @@ class MosaicLayout(nn.Module):
         return {
             "element_modality": torch.as_tensor(element_modality, dtype=torch.long),
             "is_redshift": torch.as_tensor(np.asarray(config.modalities)[element_modality] == "redshift"),
-            "element_slot": torch.as_tensor(element_token * patch + element_slot, dtype=torch.long),
             "token_elements": torch.as_tensor(token_elements, dtype=torch.long),
             "token_modality": torch.as_tensor(token_modality, dtype=torch.long),
             "modality_pool": torch.as_tensor(modality_pool, dtype=torch.float32),
@@ -240,9 +238,11 @@ class MosaicLayout(nn.Module):
         both = patch_visible[..., 1:] * patch_visible[..., :-1]
         return F.pad((steps * both).clamp(-INPUT_CLIP, INPUT_CLIP), (1, 0)).to(patches.dtype)
 
-    def unpatch(self, patches: torch.Tensor) -> torch.Tensor:
-        """Every token's patches (B, T, P) -> flat (B, D), dropping the padding."""
-        return patches.reshape(patches.shape[0], -1)[:, self.element_slot]
+    def unpatch(self, patches: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """The chosen tokens' patches (B, T', P) -> their elements (B, E), in the order of `elements_of(token_ids)`
+        (tokens and slots run in element order), dropping the padding."""
+        index = self.token_elements[token_ids].flatten()
+        return patches.reshape(patches.shape[0], -1)[:, index < self.mean.numel()]
 
 
 class MosaicEmbeddings(nn.Module):
@@ -480,24 +480,24 @@ class MosaicModel(MosaicPreTrainedModel):
         return self.norm(hidden_states), token_visible
 
     def _decode(self, hidden_states, token_ids):
-        """Final states of the chosen tokens -> (means (B, D), log-variances (B, D) or None, redshift mixture
-        (B, 3, K) or None), normalised; elements of tokens not chosen are 0. For redshift the mean and the
-        log-variance are the mixture's."""
+        """Final states of the chosen tokens -> (means (B, E), log-variances (B, E) or None, redshift mixture
+        (B, 3, K) or None), normalised, over their elements `layout.elements_of(token_ids)` (E = D for every
+        token). For redshift the mean and the log-variance are the mixture's."""
         patch = self.layout.patch_size
         outputs = self.heads(hidden_states, self.layout.token_modality[token_ids])
-        every_token = outputs.new_zeros(outputs.shape[0], self.layout.num_tokens, outputs.shape[-1])
-        every_token[:, token_ids] = outputs
-        means = self.layout.unpatch(every_token[..., :patch])
+        means = self.layout.unpatch(outputs[..., :patch], token_ids)
         if not self.is_probabilistic:
             return means, None, None
-        log_variances = self.layout.unpatch(every_token[..., patch:]).clamp(-LOG_VARIANCE_LIMIT, LOG_VARIANCE_LIMIT)
+        log_variances = self.layout.unpatch(outputs[..., patch:], token_ids).clamp(-LOG_VARIANCE_LIMIT,
+                                                                                   LOG_VARIANCE_LIMIT)
         if self.redshift_head is None or self.layout.redshift_token not in token_ids:
             return means, log_variances, None
         position = torch.nonzero(token_ids == self.layout.redshift_token).flatten()
         mixture = self.redshift_head(hidden_states[:, position[0]])
         mean, log_variance = mixture_moments(mixture)
-        means = torch.where(self.layout.is_redshift, mean[:, None].to(means.dtype), means)
-        log_variances = torch.where(self.layout.is_redshift, log_variance[:, None].to(means.dtype), log_variances)
+        is_redshift = self.layout.is_redshift[self.layout.elements_of(token_ids)]
+        means = torch.where(is_redshift, mean[:, None].to(means.dtype), means)
+        log_variances = torch.where(is_redshift, log_variance[:, None].to(means.dtype), log_variances)
         return means, log_variances, mixture
 
     def _element_errors(self, means, log_variances, mixture, targets):
@@ -569,16 +569,24 @@ class MosaicModel(MosaicPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------------------------ query API
-    def to_physical(self, predictions: torch.Tensor, names=None) -> np.ndarray:
-        """Normalised (B, D) predictions -> physical units (float64 numpy), each clipped at its modality's
-        physical minimum (a rate or a luminosity is never negative): every modality's columns, or only those
-        of `names` (in layout order), side by side."""
-        slices = self.config.modality_slices
+    def to_physical(self, predictions: torch.Tensor, names=None, elements=None) -> np.ndarray:
+        """Normalised predictions (B, D), or (B, E) over a query's `elements`, -> physical units (float64 numpy),
+        each clipped at its modality's physical minimum (a rate or a luminosity is never negative): every
+        modality's columns, or only those of `names` (in layout order), side by side."""
         names = self.config.modalities if names is None else names
-        columns = torch.cat([torch.arange(slices[n].start, slices[n].stop) for n in names]).to(predictions.device)
-        learned = self.layout.to_learning_space(predictions.detach()[:, columns], columns).cpu().numpy()
+        columns = torch.cat([torch.arange(c.start, c.stop) for c in (self._columns(n, elements) for n in names)])
+        columns = columns.to(predictions.device)
+        element_ids = columns if elements is None else elements[columns]
+        learned = self.layout.to_learning_space(predictions.detach()[:, columns], element_ids).cpu().numpy()
         parts = np.split(learned, np.cumsum([MODALITIES[n].length for n in names])[:-1], axis=1)
         return np.concatenate([MODALITIES[n].from_learning(part) for n, part in zip(names, parts)], axis=1)
+
+    def _columns(self, name, elements=None) -> slice:
+        """Where modality `name`'s elements sit in a (B, D) tensor, or in a (B, E) one over `elements` (sorted,
+        holding all of the modality's elements, so they are contiguous there too)."""
+        s = self.config.modality_slices[name]
+        start = s.start if elements is None else int(torch.searchsorted(elements, s.start))
+        return slice(start, start + s.stop - s.start)
 
     def _token_ids(self, names) -> torch.Tensor:
         """Indices of the tokens of the named modalities, in layout order."""
@@ -595,10 +603,10 @@ class MosaicModel(MosaicPreTrainedModel):
                 raise ValueError(f"{argument}: {name!r} is not in this model; it knows {known}")
         return [n for n in self.config.modalities if n in names]
 
-    def _flat_errors(self, errors, names, num_rows) -> np.ndarray:
-        """The user's `errors` dict -> (N, D) physical errors, NaN where none is given."""
+    def _flat_errors(self, errors, names, num_rows) -> np.ndarray | None:
+        """The user's `errors` dict -> (N, D) physical errors, NaN where none is given; None without errors."""
         if not errors:
-            return np.full((num_rows, self.config.num_elements), np.nan, np.float32)
+            return None
         if not self.config.error_inputs:
             raise ValueError("errors: this checkpoint was trained without error inputs (config.error_inputs is "
                              "False), so it cannot use measurement errors")
@@ -610,15 +618,19 @@ class MosaicModel(MosaicPreTrainedModel):
             raise ValueError(f"errors: {flat.shape[0]} rows, but the inputs have {num_rows}")
         return flat
 
-    def _prepare(self, values: np.ndarray, errors: np.ndarray, elements: torch.Tensor):
-        """Physical (B, D) values and errors (NaN = unknown) -> the encoder's inputs over `elements` only:
-        normalised values, which are present, and normalised errors (None without `error_inputs`)."""
+    def _prepare(self, flat: np.ndarray, flat_errors: np.ndarray | None, rows: slice, elements: torch.Tensor):
+        """Physical (N, D) values and errors (NaN or None = unknown) -> the encoder's inputs for `rows`, over
+        `elements` only: normalised values, which are present, and normalised errors (None without
+        `error_inputs`)."""
         columns = elements.cpu().numpy()
-        values = torch.from_numpy(np.ascontiguousarray(values[:, columns])).to(self.device)
+        values = torch.from_numpy(np.ascontiguousarray(flat[rows, columns])).to(self.device)
         normalised, present = self.layout.normalize(values, elements)
         if not self.config.error_inputs:
             return normalised.to(self.dtype), present, None
-        errors = torch.from_numpy(np.ascontiguousarray(errors[:, columns])).to(self.device)
+        if flat_errors is None:
+            errors = torch.full_like(values, float("nan"))
+        else:
+            errors = torch.from_numpy(np.ascontiguousarray(flat_errors[rows, columns])).to(self.device)
         learned = self.layout.errors_to_learning(values, errors, elements)
         return normalised.to(self.dtype), present, self.layout.normalize_errors(learned, present, elements)
 
@@ -678,20 +690,20 @@ class MosaicModel(MosaicPreTrainedModel):
         points, summaries = [], []
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            inputs_of_batch = self._prepare(flat[rows], flat_errors[rows], elements)
+            inputs_of_batch = self._prepare(flat, flat_errors, rows, elements)
             hidden_states, _ = self._encode(*inputs_of_batch, token_ids, elements)
             means, log_variances, mixture = self._decode(hidden_states, token_ids)
             if self.config.calibration and self.is_probabilistic:
-                means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows])
-            points.append(self.to_physical(means, targets))
+                means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], elements)
+            points.append(self.to_physical(means, targets, elements))
             if probabilistic:
                 # A given element's spread was never trained (and is replaced by the given value below); keep
                 # it from overflowing the physical moments of a log-transformed modality.
-                is_given = torch.from_numpy(given[rows]).to(log_variances.device)
+                is_given = torch.from_numpy(given[rows][:, elements.cpu().numpy()]).to(log_variances.device)
                 log_variances = log_variances.masked_fill(is_given, -LOG_VARIANCE_LIMIT)
                 knots = self._pit_knots(given[rows]) if mixture is not None else None
-                summaries.append(self._summaries(means, log_variances, mixture, knots, targets, return_uncertainty,
-                                                 num_samples, grid, generator))
+                summaries.append(self._summaries(means, log_variances, mixture, elements, knots, targets,
+                                                 return_uncertainty, num_samples, grid, generator))
         columns = np.concatenate([np.arange(flat.shape[1])[slices[n]] for n in targets])
         predicted = np.where(given[:, columns], flat[:, columns], np.concatenate(points)).astype(np.float32)
         parts = np.split(predicted, np.cumsum([MODALITIES[n].length for n in targets])[:-1], axis=1)
@@ -706,23 +718,25 @@ class MosaicModel(MosaicPreTrainedModel):
         """A (D,) given-element mask -> {name: [[start, stop], ...]}, element ranges within each modality."""
         return {name: true_runs(given[s]) for name, s in self.config.modality_slices.items() if given[s].any()}
 
-    def _recalibrate(self, means, log_variances, mixture, given: np.ndarray):
-        """Apply the `config.calibration` entry whose given elements match each row: move every target's
-        distribution by its shift d times the predicted standard deviation (the redshift mixture's components
-        all by d times the mixture's), then scale its spreads by the temperature t (log-variances by 2 log t,
-        the mixture's log-scales by log t)."""
-        log_t, shift = np.zeros(given.shape, dtype=np.float32), np.zeros(given.shape, dtype=np.float32)
-        slices = self.config.modality_slices
+    def _recalibrate(self, means, log_variances, mixture, given: np.ndarray, elements: torch.Tensor):
+        """Apply the `config.calibration` entry whose given elements match each row of `given` (B, D): move
+        every target's distribution (B, E) over the query's `elements` by its shift d times the predicted
+        standard deviation (the redshift mixture's components all by d times the mixture's), then scale its
+        spreads by the temperature t (log-variances by 2 log t, the mixture's log-scales by log t)."""
+        log_t, shift = (np.zeros((len(given), len(elements)), dtype=np.float32) for _ in range(2))
+        queried = set(self.config.modalities[m] for m in self.layout.element_modality[elements].unique().tolist())
         for entry in self.config.calibration:
             match = (given == self.config.given_mask(entry["given"])).all(axis=1)
             for name, temperature in entry["temperature"].items():
-                log_t[match, slices[name]] = math.log(temperature)
+                if name in queried:
+                    log_t[match, self._columns(name, elements)] = math.log(temperature)
             for name, d in entry.get("shift", {}).items():
-                shift[match, slices[name]] = d
+                if name in queried:
+                    shift[match, self._columns(name, elements)] = d
         log_t, shift = (torch.from_numpy(a).to(log_variances.device, log_variances.dtype) for a in (log_t, shift))
         moved = shift * torch.exp(0.5 * log_variances)
         if mixture is not None:
-            element = self.layout.redshift_element
+            element = self._columns("redshift", elements).start
             centres = mixture[:, 1] + moved[:, element, None].to(mixture.dtype)
             log_scales = mixture[:, 2] + log_t[:, element, None].to(mixture.dtype)
             mixture = torch.stack([mixture[:, 0], centres, log_scales], dim=1)
@@ -791,12 +805,13 @@ class MosaicModel(MosaicPreTrainedModel):
         pooled = {n: [] for n in targets}
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            inputs_of_batch = self._prepare(flat[rows], flat_errors[rows], elements)
+            inputs_of_batch = self._prepare(flat, flat_errors, rows, elements)
             means, log_variances, mixture = self._decode(self._encode(*inputs_of_batch, token_ids, elements)[0],
                                                          token_ids)
             for name in targets:
-                modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture)
-                spread = np.exp(0.5 * log_variances[:, slices[name]].double().cpu().numpy())
+                modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
+                                                                                 elements)
+                spread = np.exp(0.5 * log_variances[:, self._columns(name, elements)].double().cpu().numpy())
                 spread = spread * self.layout.std[slices[name]].double().cpu().numpy()
                 keep = scored[name][rows]
                 y = modality.to_learning(np.where(keep, flat_truth[rows, slices[name]], 1.0))
@@ -818,14 +833,16 @@ class MosaicModel(MosaicPreTrainedModel):
         self.config.calibration = [e for e in self.config.calibration if e["given"] != entry["given"]] + [entry]
         return fitted
 
-    def _summaries(self, means, log_variances, mixture, pit_knots, targets, uncertainty, num_samples, grid,
-                   generator):
-        """One batch's predictive distributions -> {(name, statistic): array} in physical units: "" the mean
-        (B, L), "std" and "p16"... (B, L) when `uncertainty`, "samples" (B, L, S); ("redshift", "pdf") (B, G)
-        when `grid`. `pit_knots` (B, J): the redshift posterior's PIT map per row, or None."""
+    def _summaries(self, means, log_variances, mixture, elements, pit_knots, targets, uncertainty, num_samples,
+                   grid, generator):
+        """One batch's predictive distributions (B, E) over the query's `elements` -> {(name, statistic): array}
+        in physical units: "" the mean (B, L), "std" and "p16"... (B, L) when `uncertainty`, "samples"
+        (B, L, S); ("redshift", "pdf") (B, G) when `grid`. `pit_knots` (B, J): the redshift posterior's PIT map
+        per row, or None."""
         out = {}
         for name in targets:
-            modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture)
+            modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
+                                                                             elements)
             knots = pit_knots if name == "redshift" else None
             if uncertainty:
                 if knots is None:
@@ -847,9 +864,10 @@ class MosaicModel(MosaicPreTrainedModel):
             out["redshift", "pdf"] = self._redshift_pdf(mixture, grid, pit_knots)
         return out
 
-    def _learning_distribution(self, name, means, log_variances, mixture):
+    def _learning_distribution(self, name, means, log_variances, mixture, elements):
         """Target `name`'s predictive distribution in learning space as a mixture per element: (modality,
-        weights, means, sigmas), each (B, L, K) float64 numpy; K = 1 except for redshift."""
+        weights, means, sigmas), each (B, L, K) float64 numpy; K = 1 except for redshift. `means` and
+        `log_variances` are (B, E) over the query's `elements`."""
         s = self.config.modality_slices[name]
         mean, std = self.layout.mean[s].double().cpu().numpy(), self.layout.std[s].double().cpu().numpy()
         if name == "redshift" and mixture is not None:
@@ -857,8 +875,9 @@ class MosaicModel(MosaicPreTrainedModel):
             weights = torch.softmax(logits, dim=-1).numpy()[:, None]
             return (MODALITIES[name], weights, centres.numpy()[:, None] * std + mean,
                     np.exp(log_scales.numpy())[:, None] * std)
-        centres = means[:, s].double().cpu().numpy() * std + mean
-        sigmas = np.exp(0.5 * log_variances[:, s].double().cpu().numpy()) * std
+        columns = self._columns(name, elements)
+        centres = means[:, columns].double().cpu().numpy() * std + mean
+        sigmas = np.exp(0.5 * log_variances[:, columns].double().cpu().numpy()) * std
         return MODALITIES[name], np.ones(centres.shape + (1,)), centres[..., None], sigmas[..., None]
 
     def _redshift_pdf(self, mixture, grid, pit_knots=None) -> np.ndarray:
@@ -912,7 +931,7 @@ class MosaicModel(MosaicPreTrainedModel):
         outputs = {n: np.zeros((flat.shape[0], self.config.hidden_size), np.float32) for n in names + ["all"]}
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            hidden_states, token_visible = self._encode(*self._prepare(flat[rows], flat_errors[rows], elements),
+            hidden_states, token_visible = self._encode(*self._prepare(flat, flat_errors, rows, elements),
                                                         token_ids, elements)
             hidden_states = hidden_states.float()
             per_modality = torch.einsum("mt,bth->bmh", pool, hidden_states).cpu().numpy()

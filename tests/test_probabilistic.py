@@ -355,6 +355,29 @@ def test_uncertainty_outputs_have_the_right_keys_shapes_and_are_never_nan(gaussi
         assert np.all(GRID[out["redshift_pdf"][:2].argmax(axis=1)] == 1.0)
 
 
+def test_a_target_is_answered_alike_alone_or_among_others_after_calibration(gaussian_model):
+    """`predict` decodes only the elements of the tokens it runs, so each target's columns (and its calibration
+    entry's, which may name targets the query does not ask for) are found among a different set of elements
+    in each query; a query token attends only to visible tokens, so the answers must agree."""
+    import copy
+
+    model = copy.deepcopy(gaussian_model)
+    rng = np.random.default_rng(5)
+    columns = random_columns(rng, 300)
+    inputs = {"lsst": columns["lsst"], "spherex": columns["spherex"]}
+    truth = {n: columns[n] for n in ("redshift", "log_stellar_mass", "sfh")}
+    model.calibrate(inputs, truth)
+    assert set(model.calibration_for(inputs)["temperature"]) == set(truth)
+    together = model.predict(inputs, targets=list(truth), return_uncertainty=True, redshift_grid=GRID)
+    for name in truth:
+        alone = model.predict(inputs, targets=[name], return_uncertainty=True, redshift_grid=GRID)
+        assert set(alone) == {k for k in together if k.startswith(name)}
+        for key, value in alone.items():
+            np.testing.assert_allclose(value, together[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    uncalibrated = gaussian_model.predict(inputs, targets=["log_stellar_mass"], return_uncertainty=True)
+    assert not np.allclose(uncalibrated["log_stellar_mass_std"], together["log_stellar_mass_std"])
+
+
 def test_a_given_elements_untrained_spread_never_overflows(gaussian_model):
     """A given element's predicted spread is untrained (only hidden elements are scored) and can be e^10 sigma:
     pushed through the SED's log transform its physical variance would overflow. `predict` gives such
