@@ -54,7 +54,7 @@ CALIBRATION_POINTS = 20_000
 #: The grids `fit_shift_and_temperature` searches: temperatures 0.2-5 (log-spaced), shifts -1..1 sigma.
 TEMPERATURE_GRID = np.exp(np.linspace(math.log(0.2), math.log(5.0), 161))
 SHIFT_GRID = np.linspace(-1.0, 1.0, 81)
-#: The redshift posterior's PIT map (`calibrate`) has this many equal-count bins of held-out PIT values; it is
+#: A scalar target's PIT map (`calibrate`) has this many equal-count bins of held-out PIT values; it is
 #: blended with the identity by PIT_MAP_FLOOR, so that no bin's density ratio exceeds 1 / PIT_MAP_FLOOR.
 PIT_MAP_BINS = 16
 PIT_MAP_FLOOR = 0.01
@@ -655,9 +655,10 @@ class MosaicModel(MosaicPreTrainedModel):
             are returned as given (with zero spread), so a fully given target comes back unchanged.
         return_uncertainty (gaussian head only): `name` becomes the mean of the predictive distribution in
             physical units and `name_std` its standard deviation, both by Gauss-Hermite quadrature of the
-            learning-space Gaussian (mixture for redshift) pushed through the inverse learning transform;
-            `name_p16`, `name_p50`, `name_p84` are its percentiles, exact because the transforms are monotonic
-            (p50 is the point prediction returned without uncertainty, except for redshift). For a redshift
+            learning-space Gaussian (mixture for redshift) pushed through the inverse learning transform (by
+            the midpoint rule over quantiles where a calibration PIT map applies); `name_p16`, `name_p50`,
+            `name_p84` are its percentiles, exact because the transforms are monotonic (p50 is the point
+            prediction returned without uncertainty, except for redshift and a PIT-mapped target). For a redshift
             target also `redshift_pdf` (N, G): the posterior density on `redshift_grid`, normalised to
             integrate to 1 over the grid (trapezoid rule).
         num_samples (gaussian head only): adds `name_samples`, (N, S) for a scalar or (N, length, S) for a
@@ -701,7 +702,7 @@ class MosaicModel(MosaicPreTrainedModel):
                 # it from overflowing the physical moments of a log-transformed modality.
                 is_given = torch.from_numpy(given[rows][:, elements.cpu().numpy()]).to(log_variances.device)
                 log_variances = log_variances.masked_fill(is_given, -LOG_VARIANCE_LIMIT)
-                knots = self._pit_knots(given[rows]) if mixture is not None else None
+                knots = self._pit_knots(given[rows])
                 summaries.append(self._summaries(means, log_variances, mixture, elements, knots, targets,
                                                  return_uncertainty, num_samples, grid, generator))
         columns = np.concatenate([np.arange(flat.shape[1])[slices[n]] for n in targets])
@@ -712,6 +713,54 @@ class MosaicModel(MosaicPreTrainedModel):
             joined = {key: np.concatenate([s[key] for s in summaries]) for key in summaries[0]}
             output.update(self._given_as_given(joined, flat, given, grid))
         return output
+
+    @torch.no_grad()
+    def cdf(self, inputs: dict, values: dict, batch_size: int = 4096, errors: dict | None = None) -> dict:
+        """The predictive CDF of scalar targets at `values` given `inputs`, calibrated as `predict` calibrates
+        (the shift, temperature and PIT map of the `config.calibration` entry matching each row).
+
+        inputs, errors: as in `predict`. values: target name -> (N,) points (at the truth: PIT values) or
+            (N, G) points per galaxy (on a grid: a tabulated CDF, for the CRPS). Returns name -> float64 arrays
+            shaped like the values."""
+        if not self.is_probabilistic:
+            raise ValueError("cdf needs a probabilistic head (head_type='gaussian')")
+        names = self._check_names(inputs, "inputs")
+        targets = self._check_names(values, "values")
+        if not targets:
+            raise ValueError("values: give the points of at least one scalar target")
+        points = {n: np.asarray(values[n], dtype=np.float64) for n in targets}
+        num_rows = len(points[targets[0]])
+        for name, array in points.items():
+            if not MODALITIES[name].is_scalar or name in names:
+                raise ValueError(f"values: {name!r} must be a scalar target that is not among the inputs")
+            if array.ndim not in (1, 2) or len(array) != num_rows or not np.isfinite(array).all():
+                raise ValueError(f"values: {name!r} must be finite, (N,) or (N, G) with the same N for every "
+                                 f"target; got shape {array.shape}")
+        flat = self.config.flatten(inputs) if names else np.full((num_rows, self.config.num_elements), np.nan,
+                                                                 np.float32)
+        if len(flat) != num_rows:
+            raise ValueError(f"values: {num_rows} rows, but the inputs have {len(flat)}")
+        flat_errors = self._flat_errors(errors, names, len(flat))
+        given = np.isfinite(flat)
+        token_ids = self._token_ids(set(names) | set(targets))
+        elements = self.layout.elements_of(token_ids)
+        out = {n: [] for n in targets}
+        for start in range(0, len(flat), batch_size):
+            rows = slice(start, start + batch_size)
+            hidden_states, _ = self._encode(*self._prepare(flat, flat_errors, rows, elements), token_ids, elements)
+            means, log_variances, mixture = self._decode(hidden_states, token_ids)
+            if self.config.calibration:
+                means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], elements)
+            knots = self._pit_knots(given[rows])
+            for name in targets:
+                modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
+                                                                                 elements)
+                y = modality.to_learning(points[name][rows]).reshape(len(centres), -1, 1)
+                pit = (weights * normal_cdf((y - centres) / sigmas)).sum(axis=-1)
+                if name in knots:
+                    pit = pit_map(knots[name], pit)
+                out[name].append(pit.reshape(points[name][rows].shape))
+        return {n: np.concatenate(parts) for n, parts in out.items()}
 
     # ------------------------------------------------------------------------------------ calibration
     def _given_ranges(self, given: np.ndarray) -> dict:
@@ -742,17 +791,16 @@ class MosaicModel(MosaicPreTrainedModel):
             mixture = torch.stack([mixture[:, 0], centres, log_scales], dim=1)
         return means + moved.to(means.dtype), log_variances + 2.0 * log_t, mixture
 
-    def _pit_knots(self, given: np.ndarray) -> np.ndarray | None:
-        """Each row's redshift PIT map as its knots (B, J) (the identity for rows no entry maps), or None when no
-        `config.calibration` entry has one."""
-        entries = [e for e in self.config.calibration if "redshift" in e.get("pit_knots", {})]
-        if not entries:
-            return None
-        size = len(entries[0]["pit_knots"]["redshift"])
-        knots = np.tile(np.linspace(0.0, 1.0, size), (given.shape[0], 1))
-        for entry in entries:
+    def _pit_knots(self, given: np.ndarray) -> dict:
+        """Each row's PIT map as its knots (B, J) (the identity for rows no entry maps), for every target some
+        `config.calibration` entry maps: name -> knots."""
+        knots = {}
+        for entry in self.config.calibration:
             match = (given == self.config.given_mask(entry["given"])).all(axis=1)
-            knots[match] = entry["pit_knots"]["redshift"]
+            for name, entry_knots in entry.get("pit_knots", {}).items():
+                if name not in knots:
+                    knots[name] = np.tile(np.linspace(0.0, 1.0, len(entry_knots)), (given.shape[0], 1))
+                knots[name][match] = entry_knots
         return knots
 
     def calibration_for(self, inputs: dict) -> dict:
@@ -771,12 +819,12 @@ class MosaicModel(MosaicPreTrainedModel):
         factor t on the predicted spreads that bring the PIT values of the target's scored elements closest
         to uniform (Cramer-von Mises distance; `fit_shift_and_temperature`). They are stored in
         `config.calibration` (replacing an entry for the same given elements, so save the model to keep
-        them) and applied by `predict` to every row given exactly these elements. The redshift mixture also
-        gets a monotone map of its PIT (Kuleshov et al. 2018; `fit_pit_knots`), which straightens what a
-        shift and a width cannot (a skew, a mode too heavy): `predict` applies it to the posterior's pdf,
-        percentiles, samples, mean and std alike (not to the point prediction returned without
-        uncertainty, the mixture's mean). Returns {target: {"temperature": t, "shift": d} (and
-        "pit_knots" for redshift)}.
+        them) and applied by `predict` to every row given exactly these elements. A scalar target (the redshift
+        mixture, a mass's Gaussian) also gets a monotone map of its PIT (Kuleshov et al. 2018;
+        `fit_pit_knots`), which straightens what a shift and a width cannot (a skew, tails too heavy):
+        `predict` applies it to the posterior's pdf, percentiles, samples, mean and std alike, and `cdf` to
+        the CDF (not to the point prediction returned without uncertainty, the unmapped mean). Returns
+        {target: {"temperature": t, "shift": d} (and "pit_knots" for a scalar)}.
 
         A network trained by likelihood is calibrated only where it has fit the training distribution; how
         far it is from that differs between queries (the demo model's redshift temperatures run from 0.66
@@ -823,7 +871,7 @@ class MosaicModel(MosaicPreTrainedModel):
             parts = [np.concatenate(p)[::stride[name]] for p in zip(*pooled[name])]
             t, d = fit_shift_and_temperature(*parts)
             fitted[name] = {"temperature": t, "shift": d}
-            if name == "redshift" and mixture is not None:
+            if MODALITIES[name].is_scalar:
                 fitted[name]["pit_knots"] = fit_pit_knots(*parts, t, d).tolist()
         entry = {"given": self._given_ranges(given[0]),
                  "temperature": {n: f["temperature"] for n, f in fitted.items()},
@@ -837,13 +885,13 @@ class MosaicModel(MosaicPreTrainedModel):
                    grid, generator):
         """One batch's predictive distributions (B, E) over the query's `elements` -> {(name, statistic): array}
         in physical units: "" the mean (B, L), "std" and "p16"... (B, L) when `uncertainty`, "samples"
-        (B, L, S); ("redshift", "pdf") (B, G) when `grid`. `pit_knots` (B, J): the redshift posterior's PIT map
-        per row, or None."""
+        (B, L, S); ("redshift", "pdf") (B, G) when `grid`. `pit_knots`: name -> (B, J), the PIT map of each
+        row's posterior for the targets that have one."""
         out = {}
         for name in targets:
             modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
                                                                              elements)
-            knots = pit_knots if name == "redshift" else None
+            knots = pit_knots.get(name)
             if uncertainty:
                 if knots is None:
                     out[name, ""], out[name, "std"] = physical_moments(modality, weights, centres, sigmas)
@@ -861,7 +909,7 @@ class MosaicModel(MosaicPreTrainedModel):
                 out[name, "samples"] = modality.from_learning(learning_quantile(
                     weights[..., None, :], centres[..., None, :], sigmas[..., None, :], levels))
         if grid is not None:
-            out["redshift", "pdf"] = self._redshift_pdf(mixture, grid, pit_knots)
+            out["redshift", "pdf"] = self._redshift_pdf(mixture, grid, pit_knots.get("redshift"))
         return out
 
     def _learning_distribution(self, name, means, log_variances, mixture, elements):
@@ -1002,6 +1050,21 @@ def fit_pit_knots(weights, centres, sigmas, spreads, truth, temperature: float, 
     return (1.0 - PIT_MAP_FLOOR) * knots + PIT_MAP_FLOOR * levels
 
 
+def pit_bins(knots: np.ndarray, pit: np.ndarray) -> np.ndarray:
+    """The bin j of each row's PIT map (knots (B, J)) holding each PIT value (B, G): u_j <= pit < u_j+1."""
+    j = np.zeros(pit.shape, dtype=np.int64)
+    for inner in range(1, knots.shape[1] - 1):  # without a (B, G, J) temporary
+        j += pit >= knots[:, inner:inner + 1]
+    return j
+
+
+def pit_map(knots: np.ndarray, pit: np.ndarray) -> np.ndarray:
+    """R(pit): each row's PIT map (knots (B, J)) at PIT values (B, G), piecewise linear through (u_j, j / (J - 1))."""
+    j = pit_bins(knots, pit)
+    low, high = np.take_along_axis(knots, j, axis=1), np.take_along_axis(knots, j + 1, axis=1)
+    return np.clip((j + (pit - low) / (high - low)) / (knots.shape[1] - 1), 0.0, 1.0)
+
+
 def inverse_pit_map(knots: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """R^-1 of each row's PIT map (knots (B, J)) at `levels` (B, S): the PIT a mapped quantile level has."""
     bins = knots.shape[1] - 1
@@ -1013,9 +1076,7 @@ def inverse_pit_map(knots: np.ndarray, levels: np.ndarray) -> np.ndarray:
 
 def pit_map_slope(knots: np.ndarray, pit: np.ndarray) -> np.ndarray:
     """R'(pit): each row's PIT map's slope (knots (B, J)) at PIT values (B, G), the factor on the density."""
-    j = np.zeros(pit.shape, dtype=np.int64)
-    for inner in range(1, knots.shape[1] - 1):  # the bin of each PIT value, without a (B, G, J) temporary
-        j += pit >= knots[:, inner:inner + 1]
+    j = pit_bins(knots, pit)
     widths = np.take_along_axis(np.diff(knots, axis=1), j, axis=1)
     return 1.0 / ((knots.shape[1] - 1) * widths)
 

@@ -100,20 +100,34 @@ class CalibratedModel:
                 "redshift": z, "redshift_std": np.full(z.shape, z_std), "redshift_pdf": pdf}
 
 
-def test_a_probabilistic_model_gets_calibration_entries_a_table_and_a_pit_figure(tmp_path):
+class CalibratedModelWithCdf(CalibratedModel):
+    """The same, with its own `cdf` for stellar mass (as `MosaicModel.cdf`), which the evaluation must prefer to
+    the Gaussian of `predict`'s mean and std: here that std is twice the true one."""
+
+    def predict(self, *args, **kwargs):
+        return {**super().predict(*args, **kwargs), "log_stellar_mass_std": np.full(len(self.z), 0.2)}
+
+    def cdf(self, inputs, values, batch_size=4096):
+        (name, points), = values.items()
+        mass = self.truth["log_stellar_mass"] - 0.1 * self.z
+        return {name: norm.cdf(points, mass.reshape(-1, *[1] * (np.ndim(points) - 1)), 0.1)}
+
+
+@pytest.mark.parametrize("model_class", [CalibratedModel, CalibratedModelWithCdf])
+def test_a_probabilistic_model_gets_calibration_entries_a_table_and_a_pit_figure(tmp_path, model_class):
     rng = np.random.default_rng(1)
     n = 400
     test = {"redshift": rng.uniform(0.5, 2.5, n), "log_stellar_mass": rng.normal(10.0, 0.5, n),
             "lsst": rng.normal(25.0, 1.0, (n, 6))}
-    results, _, _, pits = report.evaluate_model(CalibratedModel(test), test, [get_condition("lsst")], 4096)
+    results, _, _, pits = report.evaluate_model(model_class(test), test, [get_condition("lsst")], 4096)
     for name in ("redshift", "log_stellar_mass"):
         entry = results["lsst"][name]
         assert entry["coverage_68"] == pytest.approx(0.68, abs=1.5 / n)
         assert entry["coverage_95"] == pytest.approx(0.95, abs=1.5 / n)
         assert entry["pit_ks"] < 0.01
-    assert results["lsst"]["log_stellar_mass"]["crps"] == pytest.approx(
+    assert results["lsst"]["log_stellar_mass"]["crps"] == pytest.approx(  # a CDF on a 0.005 grid: within 1e-3
         crps_gaussian(test["log_stellar_mass"] - 0.1 * CalibratedModel(test).z, np.full(n, 0.1),
-                      test["log_stellar_mass"]))
+                      test["log_stellar_mass"]), rel=1e-3)
     assert "cde_loss" in results["lsst"]["redshift"] and "cde_loss" not in results["lsst"]["log_stellar_mass"]
     assert set(pits) == {"lsst"} and pits["lsst"].shape == (n,)
     assert results["lsst"]["redshift"]["temperature"] == 1.25

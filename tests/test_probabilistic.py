@@ -114,7 +114,7 @@ def test_calibrate_recovers_a_known_bias_and_noise_inflation_and_touches_only_ma
     bias, in predicted sigmas; within 0.05) and a temperature of 1.6 (within 10%), after which the 68%
     and 95% coverages are nominal within 0.03 and the PIT is flat (KS p >= 0.01) on other rows; means move by
     the shift times the predicted std, rows given other elements are left alone, and the entry survives
-    save/load."""
+    save/load. The PIT map fitted with them (checked without it first) keeps the PIT flat."""
     import copy
 
     from modeling_mosaic.evaluation.metrics.functions import (
@@ -134,12 +134,19 @@ def test_calibrate_recovers_a_known_bias_and_noise_inflation_and_touches_only_ma
     relation = 0.8 * x[:3000] + 0.5 + 0.5 * toy_sigma(x[:3000])
     bias = np.mean((relation - before["log_stellar_mass"][:3000]) / before["log_stellar_mass_std"][:3000])
     assert 0.3 < bias < 0.7 and fitted["shift"] == pytest.approx(bias, abs=0.05)
+    knots = fitted["pit_knots"]
+    assert knots[0] == 0.0 and knots[-1] == 1.0 and np.all(np.diff(knots) > 0)
     assert model.config.calibration == [{"given": {"log_halo_mass": [[0, 1]]},
                                          "temperature": {"log_stellar_mass": fitted["temperature"]},
-                                         "shift": {"log_stellar_mass": fitted["shift"]}}]
+                                         "shift": {"log_stellar_mass": fitted["shift"]},
+                                         "pit_knots": {"log_stellar_mass": knots}}]
     assert model.calibration_for({"log_halo_mass": x[:1]}) == {
         "temperature": {"log_stellar_mass": fitted["temperature"]}, "shift": {"log_stellar_mass": fitted["shift"]},
-        "pit_knots": {}}  # a Gaussian target keeps a Gaussian posterior: no PIT map
+        "pit_knots": {"log_stellar_mass": knots}}
+    mapped = model.cdf({"log_halo_mass": x[3000:]}, {"log_stellar_mass": truth[3000:]})["log_stellar_mass"]
+    assert abs(coverage(mapped, 0.68) - 0.68) < 0.03 and abs(coverage(mapped, 0.95) - 0.95) < 0.03
+    assert ks_p_value(pit_ks(mapped), mapped.size) >= 0.01
+    del model.config.calibration[0]["pit_knots"]  # the shift and the temperature alone, from here on
 
     after = model.predict({"log_halo_mass": x}, targets=["log_stellar_mass"], return_uncertainty=True)
     point = model.predict({"log_halo_mass": x}, targets=["log_stellar_mass"])
@@ -149,6 +156,8 @@ def test_calibrate_recovers_a_known_bias_and_noise_inflation_and_touches_only_ma
     np.testing.assert_allclose(after["log_stellar_mass_std"], before["log_stellar_mass_std"] * fitted["temperature"],
                                rtol=1e-5)
     pit = pit_gaussian(after["log_stellar_mass"][3000:], after["log_stellar_mass_std"][3000:], truth[3000:])
+    unmapped = model.cdf({"log_halo_mass": x[3000:]}, {"log_stellar_mass": truth[3000:]})["log_stellar_mass"]
+    np.testing.assert_allclose(unmapped, pit, atol=1e-5)  # a Gaussian in linear units: Phi((y - mean) / std)
     assert abs(coverage(pit, 0.68) - 0.68) < 0.03 and abs(coverage(pit, 0.95) - 0.95) < 0.03
     assert ks_p_value(pit_ks(pit), pit.size) >= 0.01
 
@@ -211,7 +220,8 @@ def test_the_pit_map_flattens_a_skewed_redshift_posterior_in_pdf_percentiles_and
     """Truths drawn at the posterior's quantile v^1.5 (v uniform): a PIT histogram piled at 0 (KS 0.15) that no
     shift and width can flatten. After `calibrate` on 4,000 galaxies the PIT of 4,000 others, read from the
     pdf on the grid as the evaluation reads it, is flat (KS p >= 0.01, coverages within 0.03); percentiles
-    agree with the pdf's CDF (to the grid's spacing) and with the samples (to Monte Carlo error)."""
+    agree with the pdf's CDF (to the grid's spacing), with the samples (to Monte Carlo error) and exactly with
+    `cdf`, which gives the PIT values the pdf gives (to the grid's spacing)."""
     from modeling_mosaic.evaluation.metrics.functions import (
         coverage,
         ks_p_value,
@@ -252,6 +262,11 @@ def test_the_pit_map_flattens_a_skewed_redshift_posterior_in_pdf_percentiles_and
         np.testing.assert_allclose(out[f"redshift_p{q}"], from_pdf, atol=0.015)
         below = (out["redshift_samples"] <= out[f"redshift_p{q}"][:, None]).mean()
         assert below == pytest.approx(q / 100, abs=0.01)  # 800,000 draws
+    at_percentiles = model.cdf({"log_halo_mass": inputs["log_halo_mass"][second]},
+                               {"redshift": np.stack([out[f"redshift_p{q}"] for q in (16, 50, 84)], axis=1)})
+    np.testing.assert_allclose(at_percentiles["redshift"], np.broadcast_to([0.16, 0.5, 0.84], (4000, 3)), atol=1e-4)
+    at_truth = model.cdf({"log_halo_mass": inputs["log_halo_mass"][second]}, {"redshift": truth[second]})
+    np.testing.assert_allclose(at_truth["redshift"], pit, atol=0.01)
     np.testing.assert_allclose(out["redshift"], out["redshift_samples"].mean(axis=1),
                                atol=4 * out["redshift_std"].max() / np.sqrt(200))
 
@@ -442,6 +457,17 @@ def test_point_head_refuses_uncertainty_and_bad_arguments_are_named(gaussian_mod
         gaussian_model.predict({"lsst": lsst}, targets=["redshift"], redshift_grid=[1.0, 0.5])
     with pytest.raises(ValueError, match="head_type"):
         MosaicConfig(head_type="laplace")
+    with pytest.raises(ValueError, match="cdf needs a probabilistic head"):
+        point.cdf({"lsst": lsst}, {"redshift": np.ones(2)})
+    for values, match in (({"sfh": np.ones((2, 100))}, "'sfh' must be a scalar target"),
+                          ({"lsst": np.ones(2)}, "'lsst' must be a scalar target that is not among the inputs"),
+                          ({"redshift": [1.0, np.nan]}, "'redshift' must be finite"),
+                          ({"redshift": np.ones(3)}, "3 rows, but the inputs have 2"),
+                          ({}, "at least one scalar target")):
+        with pytest.raises(ValueError, match=match):
+            gaussian_model.cdf({"lsst": lsst}, values)
+    prior = gaussian_model.cdf({}, {"redshift": np.linspace(0.1, 3.0, 4)})["redshift"]  # nothing given: the prior
+    assert prior.shape == (4,) and np.all(np.diff(prior) > 0) and np.all((prior > 0) & (prior < 1))
 
 
 # ------------------------------------------------------------------------------------ on-the-fly noise

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from .functions import (
     cde_loss,
+    cdf_calibration,
     coverage,
+    crps_from_cdf,
     crps_from_grid,
     crps_gaussian,
     gain,
@@ -41,7 +43,9 @@ __all__ = [
     "METRICS_DIR",
     "METRIC_NAMES",
     "cde_loss",
+    "cdf_calibration",
     "coverage",
+    "crps_from_cdf",
     "crps_from_grid",
     "crps_gaussian",
     "gain",

@@ -253,10 +253,15 @@ def crps_gaussian(mean, std, truth) -> float:
 
 
 def crps_from_grid(grid, pdf, truth) -> float:
-    """Mean CRPS of densities on a grid: the integral over the grid of (F(z) - H(z - t))^2, expanded as
-    int F^2 - 2 int_t F + (end - t) so the step at the truth t (clipped to the grid) is integrated exactly."""
+    """Mean CRPS of densities on a grid (their CDFs by the trapezoid rule; `crps_from_cdf`)."""
     grid, pdf, truth = _check_grid(grid, pdf, truth)
-    cdf = _grid_cdf(grid, pdf)
+    return crps_from_cdf(grid, _grid_cdf(grid, pdf), truth)
+
+
+def crps_from_cdf(grid, cdf, truth) -> float:
+    """Mean CRPS of CDFs tabulated on a grid (N, G): the integral over the grid of (F(z) - H(z - t))^2, expanded
+    as int F^2 - 2 int_t F + (end - t) so the step at the truth t (clipped to the grid) is integrated exactly."""
+    grid, cdf, truth = _check_grid(grid, cdf, truth)
     integral_f = _cumulative(grid, cdf)
     t = np.clip(truth, grid[0], grid[-1])
     above_truth = integral_f[:, -1] - _interpolate_rows(grid, integral_f, t)
@@ -284,6 +289,12 @@ def _pit_scores(pit) -> dict:
 def gaussian_calibration(mean, std, truth) -> dict:
     """coverage_68, coverage_95, pit_ks and crps of Gaussian predictions."""
     return {**_pit_scores(pit_gaussian(mean, std, truth)), "crps": crps_gaussian(mean, std, truth)}
+
+
+def cdf_calibration(pit, grid, cdf, truth) -> dict:
+    """coverage_68, coverage_95, pit_ks and crps from a model's own CDF: at the truth (the PIT values) and
+    tabulated on a grid (N, G) for the CRPS."""
+    return {**_pit_scores(pit), "crps": crps_from_cdf(grid, cdf, truth)}
 
 
 def grid_calibration(grid, pdf, truth) -> dict:
