@@ -479,10 +479,10 @@ class MosaicModel(MosaicPreTrainedModel):
             hidden_states = block(hidden_states, mask)
         return self.norm(hidden_states), token_visible
 
-    def _decode(self, hidden_states, token_ids):
+    def _decode(self, hidden_states, token_ids, elements=None):
         """Final states of the chosen tokens -> (means (B, E), log-variances (B, E) or None, redshift mixture
-        (B, 3, K) or None), normalised, over their elements `layout.elements_of(token_ids)` (E = D for every
-        token). For redshift the mean and the log-variance are the mixture's."""
+        (B, 3, K) or None), normalised, over their elements `elements = layout.elements_of(token_ids)` (None:
+        every token's, E = D). For redshift the mean and the log-variance are the mixture's."""
         patch = self.layout.patch_size
         outputs = self.heads(hidden_states, self.layout.token_modality[token_ids])
         means = self.layout.unpatch(outputs[..., :patch], token_ids)
@@ -495,7 +495,7 @@ class MosaicModel(MosaicPreTrainedModel):
         position = torch.nonzero(token_ids == self.layout.redshift_token).flatten()
         mixture = self.redshift_head(hidden_states[:, position[0]])
         mean, log_variance = mixture_moments(mixture)
-        is_redshift = self.layout.is_redshift[self.layout.elements_of(token_ids)]
+        is_redshift = self.layout.is_redshift if elements is None else self.layout.is_redshift[elements]
         means = torch.where(is_redshift, mean[:, None].to(means.dtype), means)
         log_variances = torch.where(is_redshift, log_variance[:, None].to(means.dtype), log_variances)
         return means, log_variances, mixture
@@ -693,7 +693,7 @@ class MosaicModel(MosaicPreTrainedModel):
             rows = slice(start, start + batch_size)
             inputs_of_batch = self._prepare(flat, flat_errors, rows, elements)
             hidden_states, _ = self._encode(*inputs_of_batch, token_ids, elements)
-            means, log_variances, mixture = self._decode(hidden_states, token_ids)
+            means, log_variances, mixture = self._decode(hidden_states, token_ids, elements)
             if self.config.calibration and self.is_probabilistic:
                 means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], elements)
             points.append(self.to_physical(means, targets, elements))
@@ -748,7 +748,7 @@ class MosaicModel(MosaicPreTrainedModel):
         for start in range(0, len(flat), batch_size):
             rows = slice(start, start + batch_size)
             hidden_states, _ = self._encode(*self._prepare(flat, flat_errors, rows, elements), token_ids, elements)
-            means, log_variances, mixture = self._decode(hidden_states, token_ids)
+            means, log_variances, mixture = self._decode(hidden_states, token_ids, elements)
             if self.config.calibration:
                 means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], elements)
             knots = self._pit_knots(given[rows])
@@ -855,7 +855,7 @@ class MosaicModel(MosaicPreTrainedModel):
             rows = slice(start, start + batch_size)
             inputs_of_batch = self._prepare(flat, flat_errors, rows, elements)
             means, log_variances, mixture = self._decode(self._encode(*inputs_of_batch, token_ids, elements)[0],
-                                                         token_ids)
+                                                         token_ids, elements)
             for name in targets:
                 modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
                                                                                  elements)
