@@ -691,11 +691,7 @@ class MosaicModel(MosaicPreTrainedModel):
         points, summaries = [], []
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            inputs_of_batch = self._prepare(flat, flat_errors, rows, elements)
-            hidden_states, _ = self._encode(*inputs_of_batch, token_ids, elements)
-            means, log_variances, mixture = self._decode(hidden_states, token_ids, elements)
-            if self.config.calibration and self.is_probabilistic:
-                means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], elements)
+            means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, rows, token_ids, elements)
             points.append(self.to_physical(means, targets, elements))
             if probabilistic:
                 # A given element's spread was never trained (and is replaced by the given value below); keep
@@ -713,6 +709,15 @@ class MosaicModel(MosaicPreTrainedModel):
             joined = {key: np.concatenate([s[key] for s in summaries]) for key in summaries[0]}
             output.update(self._given_as_given(joined, flat, given, grid))
         return output
+
+    def _calibrated_batch(self, flat, flat_errors, given, rows, token_ids, elements):
+        """`rows` of a query -> its normalised predictive distributions over `elements` (`_decode`), moved and
+        widened by the `config.calibration` entry each row matches (`_recalibrate`)."""
+        hidden_states, _ = self._encode(*self._prepare(flat, flat_errors, rows, elements), token_ids, elements)
+        means, log_variances, mixture = self._decode(hidden_states, token_ids, elements)
+        if self.config.calibration and self.is_probabilistic:
+            means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], elements)
+        return means, log_variances, mixture
 
     @torch.no_grad()
     def cdf(self, inputs: dict, values: dict, batch_size: int = 4096, errors: dict | None = None) -> dict:
@@ -747,10 +752,7 @@ class MosaicModel(MosaicPreTrainedModel):
         out = {n: [] for n in targets}
         for start in range(0, len(flat), batch_size):
             rows = slice(start, start + batch_size)
-            hidden_states, _ = self._encode(*self._prepare(flat, flat_errors, rows, elements), token_ids, elements)
-            means, log_variances, mixture = self._decode(hidden_states, token_ids, elements)
-            if self.config.calibration:
-                means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], elements)
+            means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, rows, token_ids, elements)
             knots = self._pit_knots(given[rows])
             for name in targets:
                 modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
