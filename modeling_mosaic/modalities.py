@@ -59,6 +59,11 @@ SPHEREX_SOFTENING_NJY = (
 
 AB_ZERO_POINT_NJY = 3631.0e9  # 3631 Jy in nJy
 
+#: The largest physical value `from_learning` returns: float32's largest finite number. Predictions are float32,
+#: and a log-space posterior several dex wide (an SFR that may be quenched or bursting) has tails and moments
+#: beyond it, which would otherwise come back as inf (or NaN, as inf - inf in a variance).
+PHYSICAL_MAXIMUM = float(np.finfo(np.float32).max)
+
 
 def _lsst_softening_njy() -> tuple[float, ...]:
     """1-sigma 10-year noise per LSST band, in nJy: the asinh softening of the `lsst` magnitudes."""
@@ -71,7 +76,8 @@ class Modality:
     """One modality: what it is, how long, in which units, on which axis, and how it is learned.
 
     The learning transform is `y = scale * log10(x + offset)` when `log` is true, else `y = x`; its inverse
-    is clipped below at `minimum`, the smallest physical value (0 for rates and luminosities).
+    is clipped below at `minimum`, the smallest physical value (0 for rates and luminosities), and above at
+    PHYSICAL_MAXIMUM.
     """
 
     name: str
@@ -113,10 +119,12 @@ class Modality:
             return self.scale * np.log10(np.maximum(x + self.offset, 1e-30))
 
     def from_learning(self, y):
-        """Inverse of `to_learning`, clipped at the physical minimum."""
+        """Inverse of `to_learning`, clipped to [the physical minimum, PHYSICAL_MAXIMUM]."""
         y = np.asarray(y, dtype=np.float64)
-        x = 10.0 ** (y / self.scale) - self.offset if self.log else y
-        return np.maximum(x, self.minimum)
+        if not self.log:
+            return np.clip(y, self.minimum, PHYSICAL_MAXIMUM)
+        with np.errstate(over="ignore"):
+            return np.clip(10.0 ** (y / self.scale) - self.offset, self.minimum, PHYSICAL_MAXIMUM)
 
 
 MODALITIES: dict[str, Modality] = {

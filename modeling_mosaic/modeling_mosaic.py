@@ -571,7 +571,7 @@ class MosaicModel(MosaicPreTrainedModel):
     # ------------------------------------------------------------------------------------ query API
     def to_physical(self, predictions: torch.Tensor, names=None, elements=None) -> np.ndarray:
         """Normalised predictions (B, D), or (B, E) over a query's `elements`, -> physical units (float64 numpy),
-        each clipped at its modality's physical minimum (a rate or a luminosity is never negative): every
+        each clipped to its modality's physical range (a rate or a luminosity is never negative): every
         modality's columns, or only those of `names` (in layout order), side by side."""
         names = self.config.modalities if names is None else names
         columns = torch.cat([torch.arange(c.start, c.stop) for c in (self._columns(n, elements) for n in names)])
@@ -660,7 +660,8 @@ class MosaicModel(MosaicPreTrainedModel):
             `name_p84` are its percentiles, exact because the transforms are monotonic (p50 is the point
             prediction returned without uncertainty, except for redshift and a PIT-mapped target). For a redshift
             target also `redshift_pdf` (N, G): the posterior density on `redshift_grid`, normalised to
-            integrate to 1 over the grid (trapezoid rule).
+            integrate to 1 over the grid (trapezoid rule). A posterior several dex wide in a log-learned modality
+            has physical moments and tails beyond float32's range: they saturate at its largest finite value.
         num_samples (gaussian head only): adds `name_samples`, (N, S) for a scalar or (N, length, S) for a
             vector, draws from the predictive distribution (a pure function of `seed` and the batch split).
         redshift_grid: increasing redshifts for `redshift_pdf`; default np.linspace(0, 3.5, 351). Use a spacing
