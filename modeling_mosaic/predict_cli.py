@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--qp", default=None, help="write the redshift posteriors here as a qp ensemble (HDF5)")
     parser.add_argument("--batch-size", type=int, default=4096, help="galaxies per model.predict batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the transformer blocks first (torch.compile; faster on large tables, a C++ "
+                             "compiler on a CPU)")
     return parser
 
 
@@ -167,6 +170,10 @@ def main(argv=None) -> int:
     from .evaluation.cli import load_model
 
     model = load_model(args.model)
+    if args.compile:
+        if not hasattr(model, "compile_encoder"):
+            raise SystemExit(f"--compile: the code of checkpoint {args.model} predates compile_encoder")
+        model.compile_encoder()
     try:
         inputs, errors = read_inputs(table, model.config.modalities, args.input)
     except ValueError as error:

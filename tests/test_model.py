@@ -147,6 +147,31 @@ def test_sdpa_matches_eager(model, batch):
         torch.testing.assert_close(eager[key], sdpa[key], rtol=1e-5, atol=1e-5)
 
 
+def test_compile_encoder_compiles_the_blocks_in_place_and_changes_no_output_or_weight_name(tmp_path):
+    """`compile_encoder` routes every block through torch.compile (here the eager backend: dynamo's tracing and
+    guards without inductor's C++ compiler), keeps the state dict's names (in place, no `_orig_mod.` prefix)
+    and predicts and embeds what the plain model does."""
+    torch.manual_seed(0)
+    plain = MosaicModel(MosaicConfig(**TINY)).eval()
+    compiled = MosaicModel(MosaicConfig(**TINY)).eval()
+    compiled.load_state_dict(plain.state_dict())
+    assert compiled.compile_encoder(backend="eager") is compiled
+    assert all(block._compiled_call_impl is not None for block in compiled.blocks)
+    assert plain.blocks[0]._compiled_call_impl is None
+    columns = synthetic_columns(np.random.default_rng(7), 9)
+    for inputs in ({"lsst": columns["lsst"]}, {"lsst": columns["lsst"], "spherex": columns["spherex"]}):
+        expected, got = plain.predict(inputs, batch_size=4), compiled.predict(inputs, batch_size=4)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    np.testing.assert_array_equal(compiled.embed({"lsst": columns["lsst"]})["all"],
+                                  plain.embed({"lsst": columns["lsst"]})["all"])
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    compiled.save_pretrained(tmp_path)
+    reloaded = MosaicModel.from_pretrained(tmp_path).eval()
+    np.testing.assert_array_equal(reloaded.predict({"lsst": columns["lsst"]})["redshift"],
+                                  plain.predict({"lsst": columns["lsst"]})["redshift"])
+
+
 def test_embeddings_and_heads_stay_fp32_under_bf16_autocast(batch):
     """Under bf16 mixed precision the embeddings and every head compute exactly what they compute in fp32
     from the same inputs (the blocks between them run in bf16)."""

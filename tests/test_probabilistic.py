@@ -571,7 +571,7 @@ def test_gaussian_checkpoint_reloads_identically_by_remote_code(tmp_path, monkey
     np.testing.assert_array_equal(got["sfh_std"], full["sfh_std"])
 
 
-def test_mosaic_predict_cli_writes_uncertainties_and_a_qp_ensemble(gaussian_model, tmp_path, capsys):
+def test_mosaic_predict_cli_writes_uncertainties_and_a_qp_ensemble(gaussian_model, tmp_path, capsys, monkeypatch):
     import qp
 
     gaussian_model.save_pretrained(tmp_path / "model")
@@ -603,6 +603,15 @@ def test_mosaic_predict_cli_writes_uncertainties_and_a_qp_ensemble(gaussian_mode
     point = gaussian_model.predict({"lsst": lsst}, targets="redshift", errors={"lsst": np.full((4, 6), 0.05)})
     np.testing.assert_allclose(written.column("redshift").to_numpy(), point["redshift"], rtol=1e-6)
     assert np.asarray(written.column("redshift_samples").to_pylist()).shape == (4, 3)
+
+    # --compile compiles each transformer block before predicting (recorded here, not run: no C++ compiler needed)
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kwargs: compiled.append(type(module).__name__))
+    assert predict_cli.main(["--model", str(tmp_path / "model"), "--input", str(tmp_path / "in.parquet"),
+                             "--output", str(tmp_path / "fast.parquet"), "--targets", "redshift", "--compile"]) == 0
+    assert compiled == ["MosaicBlock"] * gaussian_model.config.num_hidden_layers
+    np.testing.assert_array_equal(pq.read_table(tmp_path / "fast.parquet").column("redshift").to_numpy(),
+                                  written.column("redshift").to_numpy())
 
     del columns["lsst_y"]
     pacsv.write_csv(pa.table(columns), tmp_path / "bad.csv")
