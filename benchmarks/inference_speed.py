@@ -103,9 +103,22 @@ def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats
     return out
 
 
+def compiled_query_speed(model, inputs: dict, target: str, repeats: int, reference: np.ndarray) -> dict:
+    """Batch galaxies/s of one `predict` query with the blocks compiled (`compile_encoder`): the first call
+    (compilation) timed on its own, and the largest |difference| from the uncompiled `reference` output."""
+    start = time.perf_counter()
+    first = model.predict(inputs, targets=[target])[target]
+    compile_s = time.perf_counter() - start
+    batch = timed(lambda: model.predict(inputs, targets=[target]), repeats=repeats, warmup=1)
+    return {"per_s": len(first) / batch["median_s"], "batch_s": batch["median_s"], "first_call_s": compile_s,
+            "max_abs_diff": float(np.max(np.abs(first - reference)))}
+
+
 def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None, rows: int = 20_000,
-                        repeats: int = 5, single_repeats: int = 30, max_train: int = 20_000) -> dict:
-    """Worker: every query of QUERIES for the model of configs/PRESET.yaml and for the baselines."""
+                        repeats: int = 5, single_repeats: int = 30, max_train: int = 20_000,
+                        compile_model: bool = False) -> dict:
+    """Worker: every query of QUERIES for the model of configs/PRESET.yaml and for the baselines; with
+    `compile_model` also for the model with its blocks compiled (torch.compile, inductor)."""
     import torch
 
     from modeling_mosaic.evaluation.conditions import get_condition
@@ -126,4 +139,11 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
         # The most the encoder could do here: its matmul FLOPs per galaxy at the measured matmul rate.
         model_result = result[name]["model"]
         model_result["ceiling_per_s"] = result["matmul"]["flops_per_s"] / model_result["blocks_flops_per_galaxy"]
+    if compile_model:
+        references = {name: model.predict(get_condition(condition).inputs(test), targets=[target])[target]
+                      for name, target, condition in QUERIES}
+        model.compile_encoder()
+        for name, target, condition in QUERIES:
+            result[name]["model_compiled"] = compiled_query_speed(model, get_condition(condition).inputs(test), target,
+                                                                  repeats, references[name])
     return result

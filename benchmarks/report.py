@@ -74,6 +74,9 @@ def inference_section(results: dict) -> str:
         m = q["model"]
         rows.append([key, "MOSAIC predict", m["rows"], m["per_s"], m["single_row_latency_ms"], m["blocks_fraction"],
                      m.get("ceiling_per_s")])
+        if "model_compiled" in q:
+            rows.append([key, "MOSAIC predict, compile_encoder()", m["rows"], q["model_compiled"]["per_s"], None,
+                         None, None])
         for name in ("knn", "hgb"):
             rows.append([key, name, q["baselines"]["rows"], q["baselines"][name]["per_s"], None, None, None])
     return ("## Inference (demo model)\n\n"
@@ -82,7 +85,18 @@ def inference_section(results: dict) -> str:
             + "\n\nThe last column is the encoder's matmul FLOPs per galaxy (the tokens given and asked for only) "
             "at the fp32 matmul rate measured in the same process: no implementation of this model on this "
             "machine predicts faster than that."
+            + _compiled_note(inf)
             + f"\n\nPeak RSS of the inference process (model, baselines, data): {_g(inf['peak_rss_gb'])} GB.")
+
+
+def _compiled_note(inf: dict) -> str:
+    compiled = {k: q["model_compiled"] for k, q in inf.items() if isinstance(q, dict) and "model_compiled" in q}
+    if not compiled:
+        return ""
+    return (" With `compile_encoder()` (the blocks through torch.compile, `--compile` of the suite) the first "
+            "call of each query compiles: " + "; ".join(
+                f"{k} {_g(c['first_call_s'])} s, outputs within {_g(c['max_abs_diff'])} of the plain blocks'"
+                for k, c in compiled.items()) + ".")
 
 
 def catalog_section(results: dict) -> str:

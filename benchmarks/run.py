@@ -101,7 +101,8 @@ def run_suite(plan: dict, workdir: Path, catalog: str | None, compile_model: boo
     log("inference: predict and the baselines")
     results["inference"] = run_isolated("inference_speed.inference_benchmark", preset="demo", catalog=catalog,
                                         cache_dir=cache, rows=plan["inference_rows"], repeats=plan["repeats"],
-                                        single_repeats=plan["single_repeats"], max_train=plan["baseline_max_train"])
+                                        single_repeats=plan["single_repeats"], max_train=plan["baseline_max_train"],
+                                        compile_model=compile_model and plan["alternatives"])
     log("scaling: generation against N")
     generation = [run_isolated("generation.generation_benchmark", n=n) for n in plan["generation_n"]]
     results["scaling_generation"] = {
@@ -142,6 +143,10 @@ def summary(results: dict) -> dict:
         "train_peak_rss_gb": demo["peak_rss_gb"],
     }
     out["infer_over_knn"] = out["infer_redshift_lsst_per_s"] / out["knn_predict_per_s"]
+    compiled = redshift.get("model_compiled")
+    if compiled:  # the suite's --compile: the same query with compile_encoder()
+        out["infer_redshift_lsst_compiled_per_s"] = compiled["per_s"]
+        out["infer_compiled_over_knn"] = compiled["per_s"] / out["knn_predict_per_s"]
     if "catalog_paper" in results:
         out["paper_catalog_s"] = results["catalog_paper"]["total_s"]
     return out
