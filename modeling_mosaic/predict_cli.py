@@ -2,6 +2,7 @@
 
     mosaic-predict --model DIR_OR_REPO --input photometry.parquet --output predictions.parquet
                    [--targets redshift log_stellar_mass] [--uncertainty] [--samples N] [--qp posteriors.hdf5]
+                   [--chunk-rows N] [--compile]
 
 Input columns are named like the modalities: a scalar `redshift`; a vector either as one list column `lsst`
 or as one column per element, `lsst_u` ... `lsst_y` (the registry's labels, else `sfh_0` ... `sfh_99`).
@@ -11,6 +12,10 @@ Output columns: `name` (vectors: one column per element), plus with --uncertaint
 `name_p50`, `name_p84`; --samples adds list columns `name_samples` (Parquet only). --qp writes the redshift
 posteriors as a `qp` ensemble (qp.interp on the default redshift grid, 0-3.5 in steps of 0.01; needs
 `pip install mosaic-galaxy[qp]`).
+
+The table is read, predicted and written in chunks of --chunk-rows rows, so memory stays bounded whatever its
+size (the redshift posteriors for --qp are the exception: they are gathered for the one file). The output
+appears only when complete; samples are a pure function of --seed, --chunk-rows and --batch-size.
 """
 
 from __future__ import annotations
@@ -46,12 +51,39 @@ def _format(path: str, flag: str) -> str:
     return suffix
 
 
-def read_table(path: str) -> pa.Table:
-    """A Parquet or CSV file as an Arrow table."""
+def read_schema(path: str) -> pa.Schema:
+    """The column names and types of a Parquet or CSV file (a CSV's from its first block)."""
     suffix = _format(path, "--input")
     if not Path(path).is_file():
         raise SystemExit(f"--input {path}: no such file")
-    return pq.read_table(path) if suffix == ".parquet" else pacsv.read_csv(path)
+    if suffix == ".parquet":
+        return pq.read_schema(path)
+    with pacsv.open_csv(path) as reader:
+        return reader.schema
+
+
+def input_columns(names, modalities) -> list[str]:
+    """The columns of a table with column `names` that `read_inputs` reads, and `galaxy_id`."""
+    wanted = {"galaxy_id"}
+    for name in modalities:
+        for suffix in ("", "_err"):
+            wanted.update({f"{name}{suffix}", *(f"{c}{suffix}" for c in element_names(name))})
+    return [c for c in names if c in wanted]
+
+
+def iter_tables(path: str, columns: list[str], rows: int):
+    """The file's `columns` as Arrow tables of about `rows` rows each (a CSV's by blocks of a similar size),
+    numbers read as float64 (a CSV's per-element columns too, whatever its first block suggests)."""
+    if Path(path).suffix.lower() == ".parquet":
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
+            yield pa.Table.from_batches([batch])
+        return
+    types = {c: pa.float64() for c in columns if c != "galaxy_id"}
+    block = max(1 << 20, min(1 << 30, rows * 16 * max(1, len(columns))))  # ~16 bytes per CSV number
+    with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block),
+                        convert_options=pacsv.ConvertOptions(include_columns=columns, column_types=types)) as reader:
+        for batch in reader:
+            yield pa.Table.from_batches([batch])
 
 
 def _column_array(table: pa.Table, column: str, length: int, path: str) -> np.ndarray:
@@ -119,14 +151,28 @@ def output_table(predictions: dict, targets, ids: pa.Array | None) -> pa.Table:
     return pa.table(columns)
 
 
-def write_table(table: pa.Table, path: str) -> None:
-    """Write Parquet or CSV atomically (a temporary file beside it, then rename)."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    if Path(path).suffix.lower() == ".parquet":
-        pq.write_table(table, tmp)
-    else:
-        pacsv.write_csv(table, tmp)
-    os.replace(tmp, path)
+class TableWriter:
+    """Appends tables to a Parquet or CSV file that appears, renamed from a temporary file beside it, only when
+    `close` is called; `abort` removes the temporary file."""
+
+    def __init__(self, path: str):
+        self.path, self.tmp, self.writer, self.rows = path, Path(path).with_name(Path(path).name + ".tmp"), None, 0
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            parquet = Path(self.path).suffix.lower() == ".parquet"
+            self.writer = (pq.ParquetWriter if parquet else pacsv.CSVWriter)(self.tmp, table.schema)
+        self.writer.write_table(table)
+        self.rows += len(table)
+
+    def close(self) -> None:
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def to_qp_ensemble(redshift_grid, pdf):
@@ -153,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=0, help="draws per galaxy from the predictive distribution")
     parser.add_argument("--qp", default=None, help="write the redshift posteriors here as a qp ensemble (HDF5)")
     parser.add_argument("--batch-size", type=int, default=4096, help="galaxies per model.predict batch")
+    parser.add_argument("--chunk-rows", type=int, default=262_144,
+                        help="rows read, predicted and written at a time (bounds the memory)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--compile", action="store_true",
                         help="compile the transformer blocks first (torch.compile; faster on large tables, a C++ "
@@ -160,13 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The sampling seed of one chunk: independent draws in every chunk, reproducible from --seed."""
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or args.samples < 0:
-        raise SystemExit("--batch-size must be positive and --samples non-negative")
+    if args.batch_size < 1 or args.chunk_rows < 1 or args.samples < 0:
+        raise SystemExit("--batch-size and --chunk-rows must be positive and --samples non-negative")
     if _format(args.output, "--output") == ".csv" and args.samples:
         raise SystemExit("--samples writes list columns, which CSV cannot hold: use a .parquet --output")
-    table = read_table(args.input)
+    schema = read_schema(args.input)
     from .evaluation.cli import load_model
 
     model = load_model(args.model)
@@ -174,28 +227,46 @@ def main(argv=None) -> int:
         if not hasattr(model, "compile_encoder"):
             raise SystemExit(f"--compile: the code of checkpoint {args.model} predates compile_encoder")
         model.compile_encoder()
-    try:
-        inputs, errors = read_inputs(table, model.config.modalities, args.input)
+    columns = input_columns(schema.names, model.config.modalities)
+    try:  # a missing or partial column is named before any work
+        read_inputs(schema.empty_table(), model.config.modalities, args.input)
     except ValueError as error:
         raise SystemExit(str(error)) from None
+    writer, pdfs, targets = TableWriter(args.output), [], []
     try:
+        for chunk, table in enumerate(iter_tables(args.input, columns, args.chunk_rows)):
+            predictions, targets = predict_chunk(model, table, args, chunk)
+            pdfs.append(predictions.get("redshift_pdf"))
+            ids = table.column("galaxy_id").combine_chunks() if "galaxy_id" in table.column_names else None
+            writer.write(output_table(predictions, targets, ids))
+        if writer.rows == 0:
+            raise SystemExit(f"--input {args.input}: no rows")
+        if args.qp:
+            tmp = Path(args.qp).with_name("tmp_" + Path(args.qp).name)
+            to_qp_ensemble(DEFAULT_REDSHIFT_GRID, np.concatenate(pdfs)).write_to(str(tmp))
+            os.replace(tmp, args.qp)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    print(f"predictions: {args.output} ({writer.rows} galaxies, targets {', '.join(targets)})")
+    return 0
+
+
+def predict_chunk(model, table: pa.Table, args, chunk: int) -> tuple[dict, list[str]]:
+    """`model.predict` on one chunk of the input table, as the arguments ask: (predictions, targets in the
+    model's order)."""
+    try:
+        inputs, errors = read_inputs(table, model.config.modalities, args.input)
         predictions = model.predict(inputs, targets=args.targets, batch_size=args.batch_size,
                                     return_uncertainty=args.uncertainty, num_samples=args.samples,
                                     redshift_grid=DEFAULT_REDSHIFT_GRID if args.qp else None, errors=errors or None,
-                                    seed=args.seed)
+                                    seed=chunk_seed(args.seed, chunk))
     except ValueError as error:
         raise SystemExit(f"{args.input}: {error}") from None
     if args.qp and "redshift_pdf" not in predictions:
         raise SystemExit("--qp: redshift is not a target (it was given in the input or left out of --targets)")
-    targets = [n for n in model.config.modalities if n in predictions]
-    ids = table.column("galaxy_id").combine_chunks() if "galaxy_id" in table.column_names else None
-    write_table(output_table(predictions, targets, ids), args.output)
-    if args.qp:
-        tmp = Path(args.qp).with_name("tmp_" + Path(args.qp).name)
-        to_qp_ensemble(DEFAULT_REDSHIFT_GRID, predictions["redshift_pdf"]).write_to(str(tmp))
-        os.replace(tmp, args.qp)
-    print(f"predictions: {args.output} ({len(table)} galaxies, targets {', '.join(targets)})")
-    return 0
+    return predictions, [n for n in model.config.modalities if n in predictions]
 
 
 if __name__ == "__main__":

@@ -549,6 +549,38 @@ GAUSSIAN_CHILD = test_remote_code.CHILD.replace(
     "mixture=out.redshift_mixture.detach().numpy(), redshift_pdf=full['redshift_pdf'], sfh_std=full['sfh_std'], ")
 
 
+def test_mosaic_predict_cli_streams_chunks_with_independent_samples_and_writes_nothing_on_failure(gaussian_model,
+                                                                                                  tmp_path):
+    """A table read in chunks (a multiple of the batch size) predicts what it does in one piece, bitwise; the
+    samples of identical galaxies in different chunks are independent draws, reproducible from --seed; a bad
+    chunk after good ones leaves neither the output nor its temporary file."""
+    gaussian_model.save_pretrained(tmp_path / "model")
+    lsst = np.tile(random_columns(np.random.default_rng(8), 5)["lsst"], (2, 1))  # rows 5-9 repeat rows 0-4
+    pq.write_table(pa.table({"galaxy_id": np.arange(10), "lsst": list(lsst)}), tmp_path / "in.parquet")
+
+    def run(out, *flags):
+        argv = ["--model", str(tmp_path / "model"), "--input", str(tmp_path / "in.parquet"), "--output",
+                str(tmp_path / out), "--targets", "redshift", "log_stellar_mass", "--batch-size", "5", *flags]
+        assert predict_cli.main(argv) == 0
+        return pq.read_table(tmp_path / out)
+
+    whole = run("whole.parquet", "--uncertainty")
+    chunked = run("chunked.parquet", "--uncertainty", "--chunk-rows", "5")
+    assert chunked.equals(whole)
+    assert chunked.column("galaxy_id").to_pylist() == list(range(10))
+    samples = np.asarray(run("s.parquet", "--samples", "4", "--chunk-rows", "5").column("redshift_samples").to_pylist())
+    again = np.asarray(run("s2.parquet", "--samples", "4", "--chunk-rows", "5").column("redshift_samples").to_pylist())
+    np.testing.assert_array_equal(samples, again)
+    assert not np.isclose(samples[:5], samples[5:]).any()
+
+    bad = [list(row) for row in lsst[:5]] + [list(row[:5]) for row in lsst[5:]]  # the second chunk's lists are short
+    pq.write_table(pa.table({"lsst": pa.array(bad, pa.list_(pa.float32()))}), tmp_path / "bad.parquet")
+    with pytest.raises(SystemExit, match="bad.parquet: column 'lsst' must hold lists of 6 values"):
+        predict_cli.main(["--model", str(tmp_path / "model"), "--input", str(tmp_path / "bad.parquet"),
+                          "--output", str(tmp_path / "bad_out.parquet"), "--chunk-rows", "5"])
+    assert not list(tmp_path.glob("bad_out*"))
+
+
 def test_gaussian_checkpoint_reloads_identically_by_remote_code(tmp_path, monkeypatch):
     assert GAUSSIAN_CHILD != test_remote_code.CHILD
     torch.manual_seed(0)
