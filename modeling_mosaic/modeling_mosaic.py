@@ -51,6 +51,8 @@ HERMITE_NODES = 32
 #: reach 2^-60 of the bracket), stopping once a step is below QUANTILE_TOLERANCE of the widest component's sigma.
 QUANTILE_STEPS = 60
 QUANTILE_TOLERANCE = 1e-10
+#: Points per component (from -8 to 8 of its sigma) of the CDF table `tabulated_quantile` inverts.
+QUANTILE_TABLE_NODES = 49
 #: `calibrate` fits on at most this many scored values per target (evenly strided over rows and elements).
 CALIBRATION_POINTS = 20_000
 #: The grids `fit_shift_and_temperature` searches: temperatures 0.2-5 (log-spaced), shifts -1..1 sigma.
@@ -1101,9 +1103,40 @@ def mapped_moments(modality, weights, means, sigmas, knots):
     midpoint rule over MAPPED_MOMENT_LEVELS quantile levels."""
     levels = (np.arange(MAPPED_MOMENT_LEVELS) + 0.5) / MAPPED_MOMENT_LEVELS
     pits = inverse_pit_map(knots, np.broadcast_to(levels, (len(knots), levels.size)))[:, None, :]
-    values = modality.from_learning(learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :],
-                                                      pits))
+    if means.shape[-1] == 1:  # one Gaussian: closed form
+        quantiles = learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :], pits)
+    else:
+        quantiles = tabulated_quantile(weights, means, sigmas, pits)
+    values = modality.from_learning(quantiles)
     return values.mean(axis=-1), values.std(axis=-1)
+
+
+def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
+    """Quantiles of mixtures (..., K) at many increasing levels q (..., Q) at once: read off each mixture's CDF
+    tabulated on every component's own scale (QUANTILE_TABLE_NODES points mu_k + sigma_k t per component, sorted)
+    by linear interpolation, then two Newton steps kept inside the table's cell (to ~1e-5 of its widest sigma): for
+    `mapped_moments`' 128 levels a fraction of `learning_quantile`'s cost."""
+    nodes = np.linspace(-8.0, 8.0, QUANTILE_TABLE_NODES)
+    grid = np.sort((means[..., None] + sigmas[..., None] * nodes).reshape(means.shape[:-1] + (-1,)), axis=-1)
+
+    def cdf_and_density(x):
+        standardised = (x[..., None] - means[..., None, :]) / sigmas[..., None, :]
+        cdf = (weights[..., None, :] * normal_cdf(standardised)).sum(-1)
+        density = (weights[..., None, :] * np.exp(-0.5 * standardised**2) / sigmas[..., None, :]).sum(-1)
+        return cdf, density / math.sqrt(2.0 * math.pi)
+
+    table = np.ascontiguousarray(cdf_and_density(grid)[0])
+    q = np.broadcast_to(q, table.shape[:-1] + np.shape(q)[-1:]).copy()  # contiguous and writable, as torch wants
+    upper = torch.searchsorted(torch.from_numpy(table), torch.from_numpy(q)).clamp(1, table.shape[-1] - 1).numpy()
+    (c0, c1), (g0, g1) = ((np.take_along_axis(a, upper - 1, -1), np.take_along_axis(a, upper, -1)) for a in (table, grid))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = g0 + np.clip(np.where(c1 > c0, (q - c0) / (c1 - c0), 0.5), 0.0, 1.0) * (g1 - g0)
+    for _ in range(2):
+        cdf, density = cdf_and_density(x)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            newton = x - (cdf - q) / density
+        x = np.where((newton >= g0) & (newton <= g1), newton, x)
+    return x
 
 
 def physical_moments(modality, weights, means, sigmas):
@@ -1135,10 +1168,9 @@ def learning_quantile(weights, means, sigmas, q) -> np.ndarray:
     shape, k = np.broadcast_shapes(means.shape[:-1], np.shape(q)), means.shape[-1]
     weights, means, sigmas = (np.broadcast_to(a, shape + (k,)).reshape(-1, k) for a in (weights, means, sigmas))
     q, z_q = (np.broadcast_to(a, shape).reshape(-1) for a in (q, z_q))
-    mean = (weights * means).sum(axis=-1)
-    std = np.sqrt((weights * (sigmas**2 + (means - mean[:, None]) ** 2)).sum(axis=-1))
     low, high = (means - 10.0 * sigmas).min(axis=-1), (means + 10.0 * sigmas).max(axis=-1)
-    x = np.clip(mean + z_q * std, low, high)
+    mean = (weights * means).sum(axis=-1)
+    x = np.clip(mean + z_q * np.sqrt((weights * (sigmas**2 + (means - mean[:, None]) ** 2)).sum(axis=-1)), low, high)
     last, before_last = high - low, high - low
     tolerance = QUANTILE_TOLERANCE * sigmas.max(axis=-1)
     active = np.arange(x.size)

@@ -20,7 +20,7 @@ from modeling_mosaic import (
     predict_cli,
 )
 from modeling_mosaic.modalities import asinh_magnitude
-from modeling_mosaic.modeling_mosaic import learning_quantile, physical_moments
+from modeling_mosaic.modeling_mosaic import learning_quantile, physical_moments, tabulated_quantile
 from modeling_mosaic.noise import asinh_magnitude_error, noise_columns
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
@@ -347,7 +347,7 @@ def test_physical_moments_and_quantiles_of_a_log_gaussian_are_exact():
 def test_mixture_quantiles_match_a_root_finder_for_separated_modes_and_extreme_levels():
     """The safeguarded Newton iteration finds every quantile of 5-component mixtures (modes from overlapping to
     50 sigma apart, weights down to ~1e-4) to 1e-9 of the widest sigma, as scipy's brentq on the same CDF does,
-    at levels from 1e-6 to 1 - 1e-6 broadcast against the mixtures."""
+    at levels from 1e-6 to 1 - 1e-6 broadcast against the mixtures; the CDF table's inversion to 1e-5."""
     from scipy.optimize import brentq
     from scipy.stats import norm
 
@@ -364,6 +364,11 @@ def test_mixture_quantiles_match_a_root_finder_for_separated_modes_and_extreme_l
             root = brentq(lambda y: (w * norm.cdf((y - m) / s)).sum() - q, (m - 12 * s).min(), (m + 12 * s).max(),
                           xtol=1e-14, rtol=1e-14)
             assert abs(got[i, 0, j] - root) <= 1e-9 * s.max(), (i, q)
+    # the table inversion that mapped_moments uses for its 128 levels per mixture agrees to 1e-5 sigma
+    levels = (np.arange(128) + 0.5) / 128
+    table = tabulated_quantile(weights, means, sigmas, np.broadcast_to(levels, (40, 1, 128)))
+    newton = learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :], levels)
+    assert (np.abs(table - newton) / sigmas.max(axis=-1, keepdims=True)).max() < 1e-5
 
 
 def test_uncertainty_outputs_have_the_right_keys_shapes_and_are_never_nan(gaussian_model):
