@@ -1128,7 +1128,8 @@ def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
     table = np.ascontiguousarray(cdf_and_density(grid)[0])
     q = np.broadcast_to(q, table.shape[:-1] + np.shape(q)[-1:]).copy()  # contiguous and writable, as torch wants
     upper = torch.searchsorted(torch.from_numpy(table), torch.from_numpy(q)).clamp(1, table.shape[-1] - 1).numpy()
-    (c0, c1), (g0, g1) = ((np.take_along_axis(a, upper - 1, -1), np.take_along_axis(a, upper, -1)) for a in (table, grid))
+    (c0, c1), (g0, g1) = ((np.take_along_axis(a, upper - 1, -1), np.take_along_axis(a, upper, -1))
+                          for a in (table, grid))
     with np.errstate(divide="ignore", invalid="ignore"):
         x = g0 + np.clip(np.where(c1 > c0, (q - c0) / (c1 - c0), 0.5), 0.0, 1.0) * (g1 - g0)
     for _ in range(2):
@@ -1184,7 +1185,8 @@ def learning_quantile(weights, means, sigmas, q) -> np.ndarray:
         high[active] = np.where(below, high[active], at)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a flat CDF: no Newton step
             newton = -excess / density
-        fast = (at + newton > low[active]) & (at + newton < high[active]) & (np.abs(newton) <= 0.5 * before_last[active])
+        fast = ((at + newton > low[active]) & (at + newton < high[active])
+                & (np.abs(newton) <= 0.5 * before_last[active]))
         step = np.where(fast, newton, 0.5 * (low[active] + high[active]) - at)
         x[active] = at + step
         before_last[active], last[active] = last[active], np.abs(step)
