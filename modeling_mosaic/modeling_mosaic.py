@@ -1111,6 +1111,14 @@ def mapped_moments(modality, weights, means, sigmas, knots):
     return values.mean(axis=-1), values.std(axis=-1)
 
 
+def mixture_cdf_and_density(weights, means, sigmas, x) -> tuple[np.ndarray, np.ndarray]:
+    """CDF and density of Gaussian mixtures (..., K) at points x (...) (numpy, float64)."""
+    standardised = (x[..., None] - means) / sigmas
+    cdf = (weights * normal_cdf(standardised)).sum(axis=-1)
+    density = (weights * np.exp(-0.5 * standardised**2) / sigmas).sum(axis=-1) / math.sqrt(2.0 * math.pi)
+    return cdf, density
+
+
 def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
     """Quantiles of mixtures (..., K) at many increasing levels q (..., Q) at once: read off each mixture's CDF
     tabulated on every component's own scale (QUANTILE_TABLE_NODES points mu_k + sigma_k t per component, sorted)
@@ -1119,13 +1127,8 @@ def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
     nodes = np.linspace(-8.0, 8.0, QUANTILE_TABLE_NODES)
     grid = np.sort((means[..., None] + sigmas[..., None] * nodes).reshape(means.shape[:-1] + (-1,)), axis=-1)
 
-    def cdf_and_density(x):
-        standardised = (x[..., None] - means[..., None, :]) / sigmas[..., None, :]
-        cdf = (weights[..., None, :] * normal_cdf(standardised)).sum(-1)
-        density = (weights[..., None, :] * np.exp(-0.5 * standardised**2) / sigmas[..., None, :]).sum(-1)
-        return cdf, density / math.sqrt(2.0 * math.pi)
-
-    table = np.ascontiguousarray(cdf_and_density(grid)[0])
+    mixtures = (weights[..., None, :], means[..., None, :], sigmas[..., None, :])
+    table = np.ascontiguousarray(mixture_cdf_and_density(*mixtures, grid)[0])
     q = np.broadcast_to(q, table.shape[:-1] + np.shape(q)[-1:]).copy()  # contiguous and writable, as torch wants
     upper = torch.searchsorted(torch.from_numpy(table), torch.from_numpy(q)).clamp(1, table.shape[-1] - 1).numpy()
     (c0, c1), (g0, g1) = ((np.take_along_axis(a, upper - 1, -1), np.take_along_axis(a, upper, -1))
@@ -1133,7 +1136,7 @@ def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         x = g0 + np.clip(np.where(c1 > c0, (q - c0) / (c1 - c0), 0.5), 0.0, 1.0) * (g1 - g0)
     for _ in range(2):
-        cdf, density = cdf_and_density(x)
+        cdf, density = mixture_cdf_and_density(*mixtures, x)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             newton = x - (cdf - q) / density
         x = np.where((newton >= g0) & (newton <= g1), newton, x)
@@ -1176,10 +1179,9 @@ def learning_quantile(weights, means, sigmas, q) -> np.ndarray:
     tolerance = QUANTILE_TOLERANCE * sigmas.max(axis=-1)
     active = np.arange(x.size)
     for _ in range(QUANTILE_STEPS):
-        w, m, sigma, at = weights[active], means[active], sigmas[active], x[active]
-        standardised = (at[:, None] - m) / sigma
-        excess = (w * normal_cdf(standardised)).sum(axis=-1) - q[active]
-        density = (w * np.exp(-0.5 * standardised**2) / sigma).sum(axis=-1) / math.sqrt(2.0 * math.pi)
+        at = x[active]
+        cdf, density = mixture_cdf_and_density(weights[active], means[active], sigmas[active], at)
+        excess = cdf - q[active]
         below = excess < 0
         low[active] = np.where(below, at, low[active])
         high[active] = np.where(below, high[active], at)

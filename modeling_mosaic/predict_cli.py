@@ -236,7 +236,8 @@ def main(argv=None) -> int:
     try:
         for chunk, table in enumerate(iter_tables(args.input, columns, args.chunk_rows)):
             predictions, targets = predict_chunk(model, table, args, chunk)
-            pdfs.append(predictions.get("redshift_pdf"))
+            if args.qp:
+                pdfs.append(predictions["redshift_pdf"])
             ids = table.column("galaxy_id").combine_chunks() if "galaxy_id" in table.column_names else None
             writer.write(output_table(predictions, targets, ids))
         if writer.rows == 0:
