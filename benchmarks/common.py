@@ -146,8 +146,12 @@ def run_worker(task: str, params: dict) -> None:
     """The child side of `run_isolated`: call the task and print its result with the peak memory."""
     import importlib
 
+    from modeling_mosaic.allocator import keep_freed_memory
+
+    kept = keep_freed_memory()  # as every MOSAIC entry point does
     module_name, function_name = task.rsplit(".", 1)
     function = getattr(importlib.import_module(module_name), function_name)
     result = function(**params)
+    result["keep_freed_memory"] = kept
     result["peak_rss_gb"] = round(peak_rss_gb(), 3)
     print(RESULT_MARKER + json.dumps(result), flush=True)

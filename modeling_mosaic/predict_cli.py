@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .allocator import keep_freed_memory
 from .modalities import MODALITIES, get_modality
 from .modeling_mosaic import DEFAULT_REDSHIFT_GRID
 
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     schema = read_schema(args.input)
     from .evaluation.cli import load_model
 
+    keep_freed_memory()
     model = load_model(args.model)
     if args.compile:
         if not hasattr(model, "compile_encoder"):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, set_seed
 
+from .allocator import keep_freed_memory
 from .catalog.io import arrow_to_numpy
 from .modalities import get_modality
 
@@ -312,6 +313,7 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     from .noise import noise_columns
 
     MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
+    keep_freed_memory()
     if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
         raise ValueError("--dataloader_persistent_workers: the masks change every epoch through the collator, and "
                          "persistent workers would keep their copy of the first epoch's; leave it false")

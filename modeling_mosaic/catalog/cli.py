@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..allocator import keep_freed_memory
 from .presets import PRESETS
 from .writer import DEFAULT_ROWS_PER_FILE, SPLITS
 
@@ -153,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    keep_freed_memory()
     try:
         args.func(args)
     except (ValueError, OSError, ImportError, NotImplementedError) as err:

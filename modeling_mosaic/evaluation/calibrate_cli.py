@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..allocator import keep_freed_memory
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mosaic-calibrate", description=__doc__.splitlines()[0])
@@ -36,6 +38,7 @@ def main(argv=None) -> int:
     from .conditions import calibrate_for_conditions
     from .report import model_modalities, read_split
 
+    keep_freed_memory()
     model = load_model(args.model)
     if not hasattr(model, "calibrate") or getattr(model.config, "head_type", "point") != "gaussian":
         raise SystemExit(f"--model {args.model}: not a probabilistic MOSAIC model (head_type='gaussian')")

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..allocator import keep_freed_memory
 from .baselines import MAX_TRAIN, THREADS
 
 
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     from .report import run_evaluation
 
+    keep_freed_memory()
     run_evaluation(
         load_model(args.model, device), args.data, args.out, max_test=args.max_test, baselines=not args.no_baselines,
         figures=not args.no_figures, ablation=not args.no_ablation, ablation_catalogs=args.ablation_data,
