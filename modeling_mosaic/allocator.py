@@ -2,10 +2,10 @@
 
 glibc's malloc serves large blocks with mmap and trims the free top of its heap back to the kernel, so each
 step of a small model on the CPU gets its activations in fresh pages that the kernel must fault in and zero:
-~15,000 page faults (60 MB) per step of the demo config, ~20 ms of a ~150 ms step. A higher trim threshold,
-a padded heap top and blocks up to 32 MB served from the heap keep those pages for the next step. The
-arithmetic is untouched (the same weights bit for bit); the process holds on to its peak memory instead of
-shrinking between steps, which is what a training or inference process does anyway.
+~15,000 page faults (60 MB) per step of the demo config, ~20 ms of a ~150 ms step in a bare training loop.
+A higher trim threshold, a padded heap top and blocks up to 32 MB served from the heap keep those pages for
+the next step. The arithmetic is untouched (the same weights bit for bit); the process holds on to its peak
+memory instead of shrinking between steps, which is what a training or inference process does anyway.
 
 The entry points (training, evaluation, prediction, the benchmarks) call `keep_freed_memory()` once; user code
 that runs many steps in its own process may do the same. Settings the user made through glibc's environment
