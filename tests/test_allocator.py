@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 from modeling_mosaic import allocator
-from modeling_mosaic.allocator import GLIBC_ENVIRONMENT, keep_freed_memory
 
 # Six 8 MB blocks allocated, written and freed per step, as a training step's activations are: 12,288 pages.
 STEP_PAGES = 6 * (8 << 20) // 4096
@@ -30,9 +29,9 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 
 
 def faults_per_step(mode: str) -> tuple[str, float]:
-    env = {k: v for k, v in os.environ.items() if k not in GLIBC_ENVIRONMENT}
-    done = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode, allocator.__file__], capture_output=True, text=True, env=env,
-                          check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in allocator.GLIBC_ENVIRONMENT}
+    done = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode, allocator.__file__], capture_output=True,
+                          text=True, env=env, check=True, timeout=120)
     applied, faults = done.stdout.split()
     return applied, float(faults)
 
@@ -48,7 +47,7 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 
 def test_settings_from_the_environment_win(monkeypatch):
-    for name in GLIBC_ENVIRONMENT:
+    for name in allocator.GLIBC_ENVIRONMENT:
         monkeypatch.setenv(name, "1048576")
-        assert keep_freed_memory() is False
+        assert allocator.keep_freed_memory() is False
         monkeypatch.delenv(name)
