@@ -279,13 +279,19 @@ class MosaicEmbeddings(nn.Module):
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain softmax attention with an additive mask; returns (B, T, heads, head_dim) like the SDPA path."""
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
+    """Plain softmax attention with an additive mask, as products batched over (batch x heads), the scale and the
+    mask applied inside the first (baddbmm); returns (B, T, heads, head_dim) like the SDPA path."""
+    batch, heads, tokens, head_dim = query.shape
+    query, key, value = (x.reshape(batch * heads, -1, head_dim) for x in (query, key, value))
+    if attention_mask is None:
+        weights = torch.bmm(query, key.transpose(1, 2)) * scaling
+    else:
+        mask = attention_mask.expand(batch, heads, tokens, -1).reshape(batch * heads, tokens, -1)
+        weights = torch.baddbmm(mask.to(query.dtype), query, key.transpose(1, 2), alpha=scaling)
     weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+    output = torch.bmm(weights, value).view(batch, heads, tokens, head_dim).transpose(1, 2)
+    return output, weights.view(batch, heads, tokens, -1)
 
 
 def visible_attention_mask(token_visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
