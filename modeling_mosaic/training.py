@@ -25,8 +25,9 @@ from .modalities import get_modality
 
 logger = logging.getLogger(__name__)
 
-#: Evaluation tasks run at every evaluation: name -> the modalities shown (everything else is predicted).
-EVAL_TASKS = {"lsst": ("lsst",)}
+#: Evaluation tasks run at every evaluation: name -> the modalities shown (everything else is predicted). The
+#: two photo-z questions of the headline gain: with them in the log, a run's SPHEREx gain is visible as it trains.
+EVAL_TASKS = {"lsst": ("lsst",), "lsst_spherex": ("lsst", "spherex")}
 #: Training splits up to this size (the model's columns, as stored) are held in memory as numpy arrays: the
 #: paper catalog's 185,247 galaxies take 0.35 GB.
 IN_MEMORY_BYTES = 2 * 1024**3
@@ -337,7 +338,8 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     val = train.select(range(len(train) - n_val, len(train)))
     train_set = ColumnarDataset(train.select(range(n_train)), columns)
     eval_sets = {"masked": ColumnarDataset(val, columns),
-                 **{task: ColumnarDataset(val, columns, task=task) for task in EVAL_TASKS}}
+                 **{task: ColumnarDataset(val, columns, task=task) for task, shown in EVAL_TASKS.items()
+                    if set(shown) <= set(config.modalities)}}
 
     # What the collator and compute_metrics need from each batch, whatever the user's arguments said.
     training_args.remove_unused_columns = False

@@ -83,6 +83,10 @@ def test_tiny_run_saves_a_loadable_checkpoint_with_card_and_data_statistics(cata
     history = json.loads((trained / "trainer_state.json").read_text())["log_history"]
     evals = [h for h in history if "eval_lsst_redshift_mae" in h]
     assert evals and all(np.isfinite(h["eval_lsst_redshift_mae"]) for h in evals)
+    # the headline photo-z pair: LSST + SPHEREx is evaluated at the same steps, on the same rows
+    with_spherex = [h for h in history if "eval_lsst_spherex_redshift_mae" in h]
+    assert [h["step"] for h in with_spherex] == [h["step"] for h in evals]
+    assert all(np.isfinite(h["eval_lsst_spherex_redshift_mae"]) for h in with_spherex)
     assert any("eval_masked_loss" in h for h in history)
 
 
@@ -273,6 +277,16 @@ def test_every_shipped_config_parses(config):
     model_args, data_args, training_args = train_mosaic.parse_args(["--config", str(config), *cpu])
     assert data_args.catalog == config.stem.removesuffix("_cpu")
     assert training_args.num_train_epochs > 0 and model_args.hidden_size > 0
+
+
+def test_a_model_without_spherex_evaluates_only_the_tasks_it_can_run(catalog, tmp_path):
+    out = tmp_path / "no_spherex"
+    train(catalog, out, "--modalities", "redshift", "log_stellar_mass", "lsst", "--max_steps", "4",
+          "--save_strategy", "no")
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = {key for h in history for key in h}
+    assert "eval_lsst_redshift_mae" in logged
+    assert not any(key.startswith("eval_lsst_spherex_") for key in logged)
 
 
 def test_unknown_modality_fails_before_any_work(catalog, tmp_path):
