@@ -35,6 +35,11 @@ class ModelArguments:
     mask_visible_decay: float = field(default=0.6, metadata={"help": "P(k visible modalities) ~ decay**(k-1)"})
     mask_query_probability: float = field(default=0.0, metadata={
         "help": "chance that a sample shows exactly one of the paper's figure-2 input sets, hiding the rest"})
+    mask_query_weights: str | None = field(default=None, metadata={
+        "help": 'JSON {condition: weight}: relative chance of each figure-2 input set (default 1 each), e.g. '
+                '\'{"lsst+spherex": 2}\''})
+    loss_weights: str | None = field(default=None, metadata={
+        "help": 'JSON {modality: weight} on its masked error in the loss (default 1 each), e.g. \'{"redshift": 2}\''})
     head_type: str = field(default="point", metadata={"help": "point, or gaussian (mean and variance; p(z))"})
     redshift_mixture_components: int = 5
     nll_beta: float = field(default=0.5, metadata={"help": "gaussian head: NLL weighted by variance**beta"})

@@ -52,6 +52,9 @@ class MosaicConfig(PretrainedConfig):
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_dropout_prob,
         attention_dropout, layer_norm_eps, initializer_range: the pre-norm transformer encoder.
         loss_type: "mse", "l1" or "huber" (delta 1), on normalised values.
+        loss_weights: {name: weight} on that modality's masked error in the loss's mean over modalities (default
+            1 each): the scalars users ask for most (redshift, stellar mass) are one element each beside 290
+            vector elements, and share the encoder with them.
         visible_loss_weight: weight of the reconstruction error on visible elements (0: masked loss only).
         mask_segment_probability: chance that a visible vector modality also hides one contiguous segment.
         mask_segment_fraction: [min, max] fraction of a vector's length that such a segment covers.
@@ -66,6 +69,8 @@ class MosaicConfig(PretrainedConfig):
             poses exactly these (LSST + SPHEREx alone is ~1% of its samples; an SFH shown only on its last 28%
             never, as a hidden segment covers at most half).
         mask_query_probability: see `mask_queries` (0: the random draw only).
+        mask_query_weights: relative chance of each of `mask_queries` (default equal), so the questions a model
+            is judged on most can be posed more often than the rest.
         head_type: "point" (one value per element, trained by `loss_type`) or "gaussian" (a mean and a
             log-variance per element, trained by the beta-NLL below, `loss_type` unused; redshift
             gets a mixture).
@@ -120,6 +125,8 @@ class MosaicConfig(PretrainedConfig):
         mask_prior_probability=0.02,
         mask_queries=None,
         mask_query_probability=0.0,
+        mask_query_weights=None,
+        loss_weights=None,
         head_type="point",
         redshift_mixture_components=5,
         nll_beta=0.5,
@@ -186,6 +193,18 @@ class MosaicConfig(PretrainedConfig):
             raise ValueError(f"mask_query_probability must lie in [0, 1] and needs mask_queries, got "
                              f"{mask_query_probability} with {len(self.mask_queries)} queries")
         self.mask_query_probability = float(mask_query_probability)
+        weights = [1.0] * len(self.mask_queries) if mask_query_weights is None else [float(w) for w in mask_query_weights]
+        if len(weights) != len(self.mask_queries) or not all(math.isfinite(w) and w >= 0 for w in weights) or (
+                self.mask_queries and sum(weights) <= 0):
+            raise ValueError(f"mask_query_weights must hold {len(self.mask_queries)} finite weights >= 0, not all 0, "
+                             f"one per mask_queries entry; got {mask_query_weights}")
+        self.mask_query_weights = weights
+        loss_weights = dict(loss_weights or {})
+        for name, weight in loss_weights.items():
+            if name not in self.modalities or not (math.isfinite(float(weight)) and float(weight) > 0):
+                raise ValueError(f"loss_weights: {name!r}: {weight} must name one of the modalities {self.modalities} "
+                                 f"with a finite positive weight")
+        self.loss_weights = {n: float(loss_weights.get(n, 1.0)) for n in self.modalities}
         self.head_type = head_type
         self.redshift_mixture_components = int(redshift_mixture_components)
         self.nll_beta = float(nll_beta)

@@ -16,7 +16,8 @@ Per galaxy it draws which modalities the model sees and which it must predict:
    segment covering a fraction in `mask_segment_fraction` of its length (part of the SFH, a wavelength range).
 3. With probability `mask_prior_probability` everything is hidden, which teaches the learned prior.
 4. Otherwise, with probability `mask_query_probability`, the sample shows exactly one of `mask_queries`
-   (the questions users ask, e.g. the paper's figure-2 conditions), drawn uniformly, instead of steps 1-2.
+   (the questions users ask, e.g. the paper's figure-2 conditions), drawn with `mask_query_weights`,
+   instead of steps 1-2.
 
 A galaxy with a single modality keeps it visible (only segments are scored). Targets are all hidden present
 elements; a NaN element is never visible and never scored.
@@ -88,6 +89,7 @@ class MosaicMaskingCollator:
         self.is_vector = np.array([not MODALITIES[n].is_scalar for n in config.modalities])
         self.query_given = np.array([config.given_mask(q) for q in config.mask_queries], dtype=bool).reshape(
             len(config.mask_queries), config.num_elements)
+        self.query_cumulative_weights = np.cumsum(config.mask_query_weights)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new masks for every galaxy (call at the start of each epoch)."""
@@ -164,6 +166,9 @@ class MosaicMaskingCollator:
         input_mask = present & modality_visible[:, m] & ~in_segment
         asks_query = (u_prior >= self.prior_probability) & (u_query < self.config.mask_query_probability)
         if asks_query.any():
-            which = np.minimum((u_which[asks_query] * len(self.query_given)).astype(int), len(self.query_given) - 1)
+            # With equal weights (cumulative 1, 2, ..., n) this is floor(u * n), the uniform draw, exactly.
+            total = self.query_cumulative_weights[-1]
+            which = np.searchsorted(self.query_cumulative_weights, u_which[asks_query] * total, side="right")
+            which = np.minimum(which, len(self.query_given) - 1)
             input_mask[asks_query] = present[asks_query] & self.query_given[which]
         return input_mask, present & ~input_mask

@@ -90,7 +90,8 @@ def per_token(bank: torch.Tensor, token_modality: torch.Tensor) -> torch.Tensor:
 class MosaicModelOutput(ModelOutput):
     """Output of `MosaicModel.forward`.
 
-    loss: masked error in normalised space, the mean over modalities with scored elements (plus the
+    loss: masked error in normalised space, the mean over modalities with scored elements, weighted by the
+        config's `loss_weights` (plus the
         weighted reconstruction error on visible elements when `visible_loss_weight` > 0).
     modality_losses: (M,) each modality's masked error, 0 where it had no scored element.
     predictions: (B, D) every element's prediction, in normalised learning space (with the gaussian head the
@@ -135,7 +136,8 @@ class MosaicLayout(nn.Module):
     @staticmethod
     def tables(config: MosaicConfig) -> dict:
         """name -> tensor: per element its modality, whether it is the redshift, and its transform; per token its
-        modality and elements (padding points one past the end); the per-modality token-averaging matrix."""
+        modality and elements (padding points one past the end); per modality its loss weight and token-averaging
+        matrix."""
         patch, num_elements = max(config.patch_sizes.values()), config.num_elements
         element_modality, element_token, element_slot = [], [], []
         transform = {"log": [], "scale": [], "offset": []}
@@ -165,6 +167,7 @@ class MosaicLayout(nn.Module):
             "token_elements": torch.as_tensor(token_elements, dtype=torch.long),
             "token_modality": torch.as_tensor(token_modality, dtype=torch.long),
             "modality_pool": torch.as_tensor(modality_pool, dtype=torch.float32),
+            "loss_weight": torch.as_tensor([config.loss_weights[n] for n in config.modalities], dtype=torch.float32),
             "log": torch.as_tensor(np.concatenate(transform["log"]), dtype=torch.bool),
             "scale": torch.as_tensor(np.concatenate(transform["scale"]), dtype=torch.float32),
             "offset": torch.as_tensor(np.concatenate(transform["offset"]), dtype=torch.float32),
@@ -546,11 +549,11 @@ class MosaicModel(MosaicPreTrainedModel):
             0, self.layout.element_modality, selected.sum(dim=0).to(error.dtype))
         return sums / counts.clamp(min=1.0), counts > 0
 
-    @staticmethod
-    def _mean_over_present(losses, has):
+    def _mean_over_present(self, losses, has):
         """Mean of the per-modality losses over modalities that had elements, so a 256-element SED does not
-        drown a one-element redshift."""
-        return (losses * has).sum() / has.sum().clamp(min=1)
+        drown a one-element redshift, weighted by the config's `loss_weights`."""
+        weights = self.layout.loss_weight * has
+        return (losses * weights).sum() / weights.sum().clamp(min=1e-12)
 
     def forward(
         self,

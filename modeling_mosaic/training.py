@@ -268,16 +268,40 @@ def check_columns(dataset, modalities, where: str) -> None:
 STEP_STATISTICS_ROWS = 20_000
 
 
+def figure2_queries(modalities) -> list:
+    """The paper's figure-2 conditions a model of these modalities can pose: its training queries, in order."""
+    from .evaluation.conditions import CONDITIONS
+
+    return [c for c in CONDITIONS if set(c.inputs_needed) <= set(modalities)]
+
+
+def json_argument(text: str | None, argument: str) -> dict:
+    """A JSON object given on the command line (or as a mapping in a config file) -> dict; None -> {}."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{argument}: not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{argument}: expected a JSON object such as '{{\"redshift\": 2}}', got {text!r}")
+    return value
+
+
 def build_model(model_args, normalization, train_sample):
     """A fresh model sized by the arguments, or the checkpoint `model_name_or_path`; normalisation from the
     catalog's statistics, step spreads from `train_sample` (modality columns of training rows)."""
     from .configuration_mosaic import MosaicConfig
-    from .evaluation.conditions import CONDITIONS
     from .modeling_mosaic import MosaicModel
 
     if model_args.model_name_or_path:
         model = MosaicModel.from_pretrained(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
         return model
+    queries = figure2_queries(model_args.modalities)
+    query_weights = json_argument(model_args.mask_query_weights, "--mask_query_weights")
+    if unknown := set(query_weights) - {c.name for c in queries}:
+        raise ValueError(f"--mask_query_weights: {sorted(unknown)} are not among this model's figure-2 conditions "
+                         f"{[c.name for c in queries]}")
     config = MosaicConfig(
         modalities=model_args.modalities,
         hidden_size=model_args.hidden_size,
@@ -288,9 +312,10 @@ def build_model(model_args, normalization, train_sample):
         attention_dropout=model_args.attention_dropout,
         visible_loss_weight=model_args.visible_loss_weight,
         mask_visible_decay=model_args.mask_visible_decay,
-        mask_queries=[condition.given_ranges() for condition in CONDITIONS
-                      if set(condition.inputs_needed) <= set(model_args.modalities)],
+        mask_queries=[condition.given_ranges() for condition in queries],
         mask_query_probability=model_args.mask_query_probability,
+        mask_query_weights=[query_weights.pop(condition.name, 1.0) for condition in queries],
+        loss_weights=json_argument(model_args.loss_weights, "--loss_weights"),
         head_type=model_args.head_type,
         redshift_mixture_components=model_args.redshift_mixture_components,
         nll_beta=model_args.nll_beta,
@@ -405,10 +430,17 @@ def _training_description(config, args) -> str:
     """The encoder's size and the optimisation, for the card."""
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    weighted = {n: w for n, w in config.loss_weights.items() if w != 1.0}
+    weights = f" Loss weights {weighted} (others 1)." if weighted else ""
+    if config.mask_query_probability > 0:
+        weights += (f" {config.mask_query_probability:.0%} of the samples show exactly one of the paper's figure-2 "
+                    f"input sets, drawn with weights "
+                    f"{dict(zip((c.name for c in figure2_queries(config.modalities)), config.mask_query_weights))}.")
     return (
         f"Encoder: {config.num_hidden_layers} layers, hidden size {config.hidden_size}, "
         f"{config.num_attention_heads} heads, MLP {config.intermediate_size}; modalities {', '.join(config.modalities)}. "
-        f"Masked regression ({config.loss_type}) with dynamic modality and segment masking. "
+        f"Masked regression ({config.loss_type if config.head_type == 'point' else 'beta-NLL, gaussian head'}) "
+        f"with dynamic modality and segment masking.{weights} "
         f"AdamW, learning rate {args.learning_rate} ({schedule} schedule), "
         f"batch {args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation x "
         f"{args.world_size} process(es), {precision}, seed {args.seed}."

@@ -176,6 +176,33 @@ def test_a_query_sample_shows_exactly_one_query_and_the_queries_are_drawn_unifor
         assert matches.any(axis=1).all()
 
 
+def test_query_weights_set_how_often_each_query_is_posed():
+    queries = figure2_queries()
+    n = 7000
+    columns = catalog(n, missing=0.0, element_missing=0.0)
+    plain = {"mask_queries": queries, "mask_query_probability": 0.7, "mask_prior_probability": 0.0}
+    default = MosaicMaskingCollator(MosaicConfig(**plain), seed=4)(columns)
+    for equal in ([1.0] * 5, [2.0] * 5):  # equal weights are the uniform draw, mask for mask
+        same = MosaicMaskingCollator(MosaicConfig(**plain, mask_query_weights=equal), seed=4)(columns)
+        assert torch.equal(same["input_mask"], default["input_mask"])
+
+    weights = np.array([0.0, 3.0, 1.0, 0.0, 2.0])
+    config = MosaicConfig(mask_queries=queries, mask_query_probability=1.0, mask_prior_probability=0.0,
+                          mask_query_weights=weights)
+    visible = MosaicMaskingCollator(config, seed=4)(columns)["input_mask"].numpy()
+    given = np.stack([config.given_mask(q) for q in queries])
+    counts = (visible[:, None, :] == given[None]).all(axis=2).sum(axis=0)
+    assert counts.sum() == n and counts[weights == 0].sum() == 0
+    p = weights / weights.sum()
+    assert (np.abs(counts - n * p) < 5 * np.sqrt(n * p * (1 - p)) + 1).all(), (counts, n * p)
+
+
+@pytest.mark.parametrize("weights", [[1.0, 2.0], [1.0, -1.0, 1.0, 1.0, 1.0], [0.0] * 5, [1.0, np.nan, 1, 1, 1]])
+def test_bad_query_weights_are_refused(weights):
+    with pytest.raises(ValueError, match="mask_query_weights must hold 5"):
+        MosaicConfig(mask_queries=figure2_queries(), mask_query_weights=weights)
+
+
 def test_query_configuration_is_validated():
     with pytest.raises(ValueError, match="needs mask_queries"):
         MosaicConfig(mask_query_probability=0.5)

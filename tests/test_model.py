@@ -80,6 +80,28 @@ def test_output_shapes_and_dtypes(model, batch, pattern):
     assert model(values, input_mask, target_mask, return_dict=False)[0].shape == ()
 
 
+def test_loss_is_the_loss_weighted_mean_over_modalities_with_scored_elements(model, batch):
+    values, input_mask, target_mask = batch
+    target_mask = target_mask.clone()
+    target_mask[:, model.config.modality_slices["sed"]] = False  # one modality with nothing scored
+    out = model(values, input_mask, target_mask)
+    scored = torch.tensor([target_mask[:, s].any() for s in model.config.modality_slices.values()])
+    assert not scored[model.config.modalities.index("sed")] and out.modality_losses[~scored].eq(0).all()
+    torch.testing.assert_close(out.loss, out.modality_losses[scored].mean())
+
+    weights = {"redshift": 3.0, "sed": 5.0, "lsst": 0.5}
+    weighted = MosaicModel(MosaicConfig(**TINY, loss_weights=weights)).eval()
+    weighted.load_state_dict(model.state_dict())
+    w = torch.tensor([weights.get(n, 1.0) for n in model.config.modalities]) * scored
+    again = weighted(values, input_mask, target_mask)
+    assert torch.equal(again.modality_losses, out.modality_losses)  # the weights touch only their mean
+    torch.testing.assert_close(again.loss, (out.modality_losses * w).sum() / w.sum())
+    with pytest.raises(ValueError, match="loss_weights: 'colour'"):
+        MosaicConfig(loss_weights={"colour": 2.0})
+    with pytest.raises(ValueError, match="loss_weights: 'redshift': -1"):
+        MosaicConfig(loss_weights={"redshift": -1})
+
+
 def test_hidden_values_do_not_change_outputs(model, batch):
     values, input_mask, target_mask = batch
     reference = model(values, input_mask, target_mask)

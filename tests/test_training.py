@@ -169,6 +169,28 @@ def test_bad_calibration_arguments_fail_before_training(catalog, tmp_path, extra
     assert not (tmp_path / "model").exists() and not (tmp_path / "other").exists()
 
 
+def test_query_and_loss_weights_reach_the_saved_config(catalog, tmp_path):
+    from transformers import AutoConfig
+
+    out = tmp_path / "weighted"
+    train(catalog, out, "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "no",
+          "--mask_query_weights", '{"lsst+spherex": 3, "stellar_mass": 0}', "--loss_weights", '{"redshift": 2}')
+    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    assert config.mask_query_weights == [1.0, 3.0, 1.0, 1.0, 0.0]  # figure-2 order: lsst, lsst+spherex, ...
+    assert config.loss_weights == {n: 2.0 if n == "redshift" else 1.0 for n in config.modalities}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mask_query_weights", '{"lsst+sed": 2}'], r"--mask_query_weights: \['lsst\+sed'\] are not among"),
+    (["--mask_query_weights", "[1, 2]"], "--mask_query_weights: expected a JSON object"),
+    (["--loss_weights", "{redshift: 2}"], "--loss_weights: not valid JSON"),
+])
+def test_bad_weights_fail_before_anything_is_written(catalog, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        train(catalog, tmp_path / "model", *extra)
+    assert not (tmp_path / "model").exists()
+
+
 def test_persistent_workers_are_refused_before_training(catalog, tmp_path):
     with pytest.raises(ValueError, match="--dataloader_persistent_workers"):
         train(catalog, tmp_path / "model", "--dataloader_num_workers", "1", "--dataloader_persistent_workers", "true")
