@@ -53,8 +53,8 @@ class MosaicConfig(PretrainedConfig):
         attention_dropout, layer_norm_eps, initializer_range: the pre-norm transformer encoder.
         loss_type: "mse", "l1" or "huber" (delta 1), on normalised values.
         loss_weights: {name: weight} on that modality's masked error in the loss's mean over modalities (default
-            1 each): the scalars users ask for most (redshift, stellar mass) are one element each beside 290
-            vector elements, and share the encoder with them.
+            1 each): unweighted, redshift and stellar mass, the scalars users ask for most, get 2/7 of a loss
+            whose seven modalities all have hidden elements, each one element against the SED's 256.
         visible_loss_weight: weight of the reconstruction error on visible elements (0: masked loss only).
         mask_segment_probability: chance that a visible vector modality also hides one contiguous segment.
         mask_segment_fraction: [min, max] fraction of a vector's length that such a segment covers.

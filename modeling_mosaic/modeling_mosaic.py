@@ -90,9 +90,9 @@ def per_token(bank: torch.Tensor, token_modality: torch.Tensor) -> torch.Tensor:
 class MosaicModelOutput(ModelOutput):
     """Output of `MosaicModel.forward`.
 
-    loss: masked error in normalised space, the mean over modalities with scored elements, weighted by the
-        config's `loss_weights` (plus the
-        weighted reconstruction error on visible elements when `visible_loss_weight` > 0).
+    loss: masked error in normalised space, the mean over modalities with scored elements weighted by the
+        config's `loss_weights` (plus the weighted reconstruction error on visible elements when
+        `visible_loss_weight` > 0).
     modality_losses: (M,) each modality's masked error, 0 where it had no scored element.
     predictions: (B, D) every element's prediction, in normalised learning space (with the gaussian head the
         mean; for redshift the mixture's mean).
