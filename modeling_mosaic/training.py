@@ -314,7 +314,7 @@ def build_model(model_args, normalization, train_sample):
         mask_visible_decay=model_args.mask_visible_decay,
         mask_queries=[condition.given_ranges() for condition in queries],
         mask_query_probability=model_args.mask_query_probability,
-        mask_query_weights=[query_weights.pop(condition.name, 1.0) for condition in queries],
+        mask_query_weights=[query_weights.get(condition.name, 1.0) for condition in queries],
         loss_weights=json_argument(model_args.loss_weights, "--loss_weights"),
         head_type=model_args.head_type,
         redshift_mixture_components=model_args.redshift_mixture_components,
