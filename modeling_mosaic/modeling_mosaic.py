@@ -136,7 +136,7 @@ class MosaicLayout(nn.Module):
     @staticmethod
     def tables(config: MosaicConfig) -> dict:
         """name -> tensor: per element its modality, whether it is the redshift, and its transform; per token its
-        modality and elements (padding points one past the end); per modality its loss weight and token-averaging
+        modality and elements (padding points one past the end), and which flat patch slots hold one; per modality its loss weight and token-averaging
         matrix."""
         patch, num_elements = max(config.patch_sizes.values()), config.num_elements
         element_modality, element_token, element_slot = [], [], []
@@ -166,6 +166,7 @@ class MosaicLayout(nn.Module):
             "is_redshift": torch.as_tensor(np.asarray(config.modalities)[element_modality] == "redshift"),
             "token_elements": torch.as_tensor(token_elements, dtype=torch.long),
             "token_modality": torch.as_tensor(token_modality, dtype=torch.long),
+            "slot_is_element": torch.as_tensor(np.flatnonzero(token_elements < num_elements), dtype=torch.long),
             "modality_pool": torch.as_tensor(modality_pool, dtype=torch.float32),
             "loss_weight": torch.as_tensor([config.loss_weights[n] for n in config.modalities], dtype=torch.float32),
             "log": torch.as_tensor(np.concatenate(transform["log"]), dtype=torch.bool),
@@ -247,9 +248,13 @@ class MosaicLayout(nn.Module):
 
     def unpatch(self, patches: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """The chosen tokens' patches (B, T', P) -> their elements (B, E), in the order of `elements_of(token_ids)`
-        (tokens and slots run in element order), dropping the padding."""
-        index = self.token_elements[token_ids].flatten()
-        return patches.reshape(patches.shape[0], -1)[:, index < self.mean.numel()]
+        (tokens and slots run in element order), dropping the padding. With every token (training) the kept slots
+        are a fixed table: no shape that depends on data, so a compiled training step is one graph."""
+        if token_ids.numel() == self.num_tokens:
+            keep = self.slot_is_element
+        else:
+            keep = torch.nonzero(self.token_elements[token_ids].flatten() < self.mean.numel()).flatten()
+        return patches.reshape(patches.shape[0], -1)[:, keep]
 
 
 class MosaicEmbeddings(nn.Module):
@@ -513,10 +518,15 @@ class MosaicModel(MosaicPreTrainedModel):
             return means, None, None
         log_variances = self.layout.unpatch(outputs[..., patch:], token_ids).clamp(-LOG_VARIANCE_LIMIT,
                                                                                    LOG_VARIANCE_LIMIT)
-        if self.redshift_head is None or self.layout.redshift_token not in token_ids:
+        if self.redshift_head is None:
             return means, log_variances, None
-        position = torch.nonzero(token_ids == self.layout.redshift_token).flatten()
-        mixture = self.redshift_head(hidden_states[:, position[0]])
+        if token_ids.numel() == self.layout.num_tokens:  # every token, in layout order: no device sync
+            position = self.layout.redshift_token
+        elif self.layout.redshift_token in token_ids:
+            position = int(torch.nonzero(token_ids == self.layout.redshift_token)[0])
+        else:
+            return means, log_variances, None
+        mixture = self.redshift_head(hidden_states[:, position])
         mean, log_variance = mixture_moments(mixture)
         is_redshift = self.layout.is_redshift if elements is None else self.layout.is_redshift[elements]
         means = torch.where(is_redshift, mean[:, None].to(means.dtype), means)

@@ -169,6 +169,22 @@ def test_sdpa_matches_eager(model, batch):
         torch.testing.assert_close(eager[key], sdpa[key], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("head_type", ["point", "gaussian"])
+def test_the_training_forward_traces_as_one_graph(batch, head_type):
+    """The loss of a training batch (every token: embeddings, encoder, heads, redshift mixture) has no shape
+    that depends on data and no host sync, so torch.compile captures it whole: a graph break would split a GPU
+    step and sync the device there. The fixed slot table gives what the general path gives."""
+    torch.manual_seed(0)
+    model = MosaicModel(MosaicConfig(**TINY, head_type=head_type))
+    explanation = torch._dynamo.explain(model)(*batch)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+    layout = model.layout
+    patches = torch.randn(3, layout.num_tokens, layout.patch_size)
+    general = patches.reshape(3, -1)[:, layout.token_elements.flatten() < layout.mean.numel()]
+    torch.testing.assert_close(layout.unpatch(patches, torch.arange(layout.num_tokens)), general, rtol=0, atol=0)
+    assert general.shape == (3, model.config.num_elements)
+
+
 def test_compile_encoder_compiles_the_blocks_in_place_and_changes_no_output_or_weight_name(tmp_path):
     """`compile_encoder` routes every block through torch.compile (here the eager backend: dynamo's tracing and
     guards without inductor's C++ compiler), keeps the state dict's names (in place, no `_orig_mod.` prefix)
