@@ -232,6 +232,30 @@ def test_same_seed_same_catalog_other_seed_differs(cat):
     assert not np.array_equal(cat["lsst"], other["lsst"])
 
 
+def test_the_catalog_does_not_depend_on_the_blas_thread_count(cat):
+    """The same seed gives the same catalog on one thread or several: no column may come from a BLAS product
+    whose float32 sums are split by thread count (the SED rebinning was, and differed in its last bit)."""
+    from threadpoolctl import threadpool_limits
+
+    options = CatalogOptions(n=N_TEST)
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads):
+            again = next(generate(options, start=0, stop=N_TEST))
+        for k in cat:
+            np.testing.assert_array_equal(again[k], cat[k], err_msg=f"{k} with {threads} BLAS thread(s)")
+
+
+def test_fixed_order_rebinning_is_the_float64_product_rounded_to_float32():
+    rng = np.random.default_rng(3)
+    matrix = ssp.overlap_matrix(np.log(ssp.log_edges(ssp.log_grid(900.0, 30000.0, 300.0))),
+                                np.log(ssp.log_edges(np.geomspace(1000.0, 25000.0, 64))))
+    x = (rng.lognormal(60.0, 3.0, size=(37, matrix.shape[0]))).astype(np.float32)
+    got = ssp.apply_columns(x, *ssp.sparse_columns(matrix))
+    expected = (x.astype(np.float64) @ matrix).astype(np.float32)
+    np.testing.assert_array_max_ulp(got, expected, maxulp=1)
+    np.testing.assert_array_equal(got[5:9], ssp.apply_columns(x[5:9], *ssp.sparse_columns(matrix)))
+
+
 def test_shards_concatenate_to_the_unsharded_catalog(cat):
     options = CatalogOptions(n=BLOCK_SIZE + 60)
     whole = list(generate(options, start=BLOCK_SIZE - 50, stop=BLOCK_SIZE + 60))

@@ -84,13 +84,15 @@ class Synthesis:
     ssp: ssp.SSPGrid
     bands: photometry.FilterBank  # the LSST bands, then the SPHEREx channels
     attenuation: np.ndarray  # A_lambda / A_V on the SSP grid
-    to_sed_grid: np.ndarray  # (W, 256) bin-averaging matrix onto the registry's SED grid
+    sed_index: np.ndarray  # (256, k) SSP-grid pixels averaged into each bin of the registry's SED grid
+    sed_weight: np.ndarray  # (256, k) their weights (ssp.sparse_columns of the bin-averaging matrix)
 
 
 @lru_cache(maxsize=1)
 def synthesis() -> Synthesis:
     grid = ssp.load_ssp_grid()
     sed_edges = np.log(ssp.log_edges(np.asarray(SED_WAVELENGTH_AA)))
+    sed_index, sed_weight = ssp.sparse_columns(ssp.overlap_matrix(np.log(ssp.log_edges(grid.wavelength)), sed_edges))
     return Synthesis(
         ssp=grid,
         bands=photometry.FilterBank(
@@ -98,7 +100,8 @@ def synthesis() -> Synthesis:
             photometry.lsst_filter_curves() + photometry.spherex_filter_curves(), Z_MAX_SUPPORTED,
         ),
         attenuation=physics.calzetti_k(grid.wavelength / 1e4) / 4.05,
-        to_sed_grid=ssp.overlap_matrix(np.log(ssp.log_edges(grid.wavelength)), sed_edges).astype(np.float32),
+        sed_index=sed_index,
+        sed_weight=sed_weight,
     )
 
 
@@ -123,7 +126,7 @@ def _synthesize(options: CatalogOptions, pop: physics.Population, lsst_draw, sph
         "log_halo_mass": pop.log_halo_mass,
         "log_stellar_mass": pop.log_stellar_mass,
         "sfh": pop.sfh_table(options.sfh_convention),
-        "sed": lnu @ tables.to_sed_grid,
+        "sed": ssp.apply_columns(lnu, tables.sed_index, tables.sed_weight),
         "cosmic_time_gyr": pop.cosmic_time_gyr,
         "log_formed_mass": pop.log_formed_mass,
         "log_metallicity": pop.log_metallicity,

@@ -128,6 +128,25 @@ def overlap_matrix(src_edges: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
     return np.divide(overlap, covered, out=np.zeros_like(overlap), where=covered > 0)
 
 
+def sparse_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A sparse (n_src, n_dst) matrix as each destination's source indices and float64 weights, (n_dst, k)
+    zero-padded, for `apply_columns`."""
+    width = max(int((matrix != 0).sum(axis=0).max()), 1)
+    index = np.zeros((matrix.shape[1], width), dtype=np.int64)
+    weight = np.zeros((matrix.shape[1], width), dtype=np.float64)
+    for j in range(matrix.shape[1]):
+        rows = np.flatnonzero(matrix[:, j])
+        index[j, :rows.size], weight[j, :rows.size] = rows, matrix[rows, j]
+    return index, weight
+
+
+def apply_columns(x: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x (n, n_src) @ the matrix of `sparse_columns`, summed in float64 in a fixed order and rounded to float32.
+    A BLAS product splits its sums by thread count, so its float32 result changed in the last bit with the
+    number of threads that built a catalog."""
+    return (x[:, index] * weight).sum(axis=-1).astype(np.float32)
+
+
 def rebin_sampled(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Mean of a sampled function y(x) (..., n) over each bin (trapezoid integral; zero outside x)."""
     seg = 0.5 * (y[..., 1:] + y[..., :-1]) * np.diff(x)
