@@ -60,7 +60,7 @@ def alternatives_benchmark(preset: str = "demo", batch_size: int | None = None, 
     import torch
 
     batch_size = batch_size or training_config(preset)["per_device_train_batch_size"]
-    config = model_config(preset)
+    config = model_config(preset, attn_implementation="sdpa")
     batches = synthetic_batches(config, batch_size, 2)
     eager = model_config(preset, attn_implementation="eager")
     variants = {

@@ -13,6 +13,9 @@ from common import ROOT
 
 #: The architecture keys of a training config file that size the model.
 ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+#: The keys that shape its compute otherwise, taken from the file when it sets them: the benchmarks time the
+#: recipe's model (its gaussian head, its attention), not the defaults.
+COMPUTE_KEYS = ("head_type", "attn_implementation")
 
 
 def training_config(name: str) -> dict:
@@ -27,15 +30,17 @@ def training_config(name: str) -> dict:
 
 
 def model_config(name: str, hidden_size: int | None = None, catalog: str | None = None, **overrides):
-    """The `MosaicConfig` of configs/NAME.yaml; `hidden_size` rescales the width (heads of 32 dimensions and an
-    MLP of 4x the width, as in the shipped configs); normalisation from `catalog` when given."""
+    """The `MosaicConfig` of configs/NAME.yaml (its sizes, head and attention; `overrides` win); `hidden_size`
+    rescales the width (heads of 32 dimensions and an MLP of 4x the width, as in the shipped configs);
+    normalisation from `catalog` when given."""
     from modeling_mosaic.configuration_mosaic import MosaicConfig
 
-    sizes = {k: training_config(name)[k] for k in ARCHITECTURE_KEYS}
+    file = training_config(name)
+    sizes = {k: file[k] for k in ARCHITECTURE_KEYS}
     if hidden_size is not None:
         sizes.update(hidden_size=hidden_size, num_attention_heads=max(1, hidden_size // 32),
                      intermediate_size=4 * hidden_size)
-    config = MosaicConfig(**sizes, **overrides)
+    config = MosaicConfig(**sizes, **{**{k: file[k] for k in COMPUTE_KEYS if k in file}, **overrides})
     if catalog is not None:
         from modeling_mosaic.catalog.io import read_normalization
 
