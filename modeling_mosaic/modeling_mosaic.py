@@ -136,8 +136,8 @@ class MosaicLayout(nn.Module):
     @staticmethod
     def tables(config: MosaicConfig) -> dict:
         """name -> tensor: per element its modality, whether it is the redshift, and its transform; per token its
-        modality and elements (padding points one past the end), and which flat patch slots hold one; per modality its loss weight and token-averaging
-        matrix."""
+        modality and elements (padding points one past the end), and which flat patch slots hold an element; per
+        modality its loss weight and token-averaging matrix."""
         patch, num_elements = max(config.patch_sizes.values()), config.num_elements
         element_modality, element_token, element_slot = [], [], []
         transform = {"log": [], "scale": [], "offset": []}
