@@ -87,9 +87,16 @@ def main(argv: list[str] | None = None, callbacks=None):
     """Run one training job; `callbacks` are extra TrainerCallbacks (tests use one to interrupt a run)."""
     from modeling_mosaic.training import run_training
 
+    from accelerate import PartialState
+
     model_args, data_args, training_args = parse_args(argv)
     card = Path(__file__).with_name("model_card.md")
-    return run_training(model_args, data_args, training_args, callbacks=callbacks, card_template=str(card))
+    result = run_training(model_args, data_args, training_args, callbacks=callbacks, card_template=str(card))
+    # Ranks wait for each other with the interpreter's lock released, so gloo's worker threads can free their
+    # finished collectives now: freed at interpreter exit instead, they can abort a rank after everything is saved
+    # ("terminate called without an active exception"). No-op in a single process.
+    PartialState().wait_for_everyone()
+    return result
 
 
 if __name__ == "__main__":
