@@ -44,8 +44,11 @@ def model_query_speed(model, inputs: dict, target: str, repeats: int, single_rep
     single = timed(lambda: model.predict(one, targets=[target]), repeats=single_repeats, warmup=3)
     blocks = statistics.median(block_time(model, lambda: model.predict(inputs, targets=[target]))
                                for _ in range(repeats))
-    tokens = sum(-(-MODALITIES[n].length // model.config.patch_sizes[n]) for n in {*inputs, target})
-    flops_per_galaxy = flop_terms(model.config, tokens=tokens)["blocks"]
+    def count(names):
+        return sum(-(-MODALITIES[n].length // model.config.patch_sizes[n]) for n in names)
+
+    tokens = count({*inputs, target})
+    flops_per_galaxy = flop_terms(model.config, tokens=tokens, asked=count({target}))["blocks"]
     flops = flops_per_galaxy * rows
     return {"rows": rows, "tokens": tokens, "blocks_flops_per_galaxy": flops_per_galaxy,
             "batch_s": batch["median_s"], "per_s": rows / batch["median_s"],

@@ -40,21 +40,24 @@ def num_tokens(config) -> int:
     return MosaicLayout(config).num_tokens
 
 
-def flop_terms(config, tokens: int | None = None) -> dict:
+def flop_terms(config, tokens: int | None = None, asked: int | None = None) -> dict:
     """Forward FLOPs of one galaxy over `tokens` tokens (default: every token of the layout, as in training),
     by part: the transformer blocks, the patch embeddings, the heads, and the per-modality pooling of the
-    training forward."""
+    training forward. With `asked` (a query's requested tokens, default all) the last block projects and feeds
+    forward only those, the others serving as its keys and values, and the heads decode only those."""
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     patch = max(config.patch_sizes.values())
     t = num_tokens(config) if tokens is None else tokens
+    a = t if asked is None else asked
     # A gaussian head also predicts log-variances (2P outputs) and, for redshift, a K-component mixture (3K).
     gaussian = getattr(config, "head_type", "point") == "gaussian"
     mixture = 2 * h * 3 * config.redshift_mixture_components if gaussian and "redshift" in config.modalities else 0
     inputs = (2 + config.step_inputs + config.error_inputs) * patch  # values, visibility (steps, errors)
     return {
-        "blocks": float(t * layers * (2 * (4 * h * h + 2 * h * i) + 4 * t * h)),
+        "blocks": float(t * (layers - 1) * (2 * (4 * h * h + 2 * h * i) + 4 * t * h)
+                        + t * 2 * 3 * h * h + a * (2 * (h * h + 2 * h * i) + 4 * t * h)),
         "embeddings": float(t * 2 * inputs * h),
-        "heads": float(t * 2 * h * (2 if gaussian else 1) * patch + mixture),
+        "heads": float(a * 2 * h * (2 if gaussian else 1) * patch + mixture),
         "pooling": float(2 * len(config.modalities) * t * h),
     }
 

@@ -157,6 +157,8 @@ class MosaicConfig(PretrainedConfig):
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
                              f"{num_attention_heads}")
+        if int(num_hidden_layers) < 1:
+            raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
         if loss_type not in ("mse", "l1", "huber"):
             raise ValueError(f"loss_type must be 'mse', 'l1' or 'huber', got {loss_type!r}")
         if head_type not in ("point", "gaussian"):

@@ -8,7 +8,7 @@ colours of a photometric patch), and runs a pre-norm transformer
 in which a token with nothing visible (a "query" token) is attended by no one but itself. A query token's
 output therefore depends only on the visible tokens and its own position, so `predict` runs the encoder on
 the tokens it is given plus the tokens it is asked for, and nothing else, with the same result as the full
-sequence. Linear heads map every token back to its patch values; the loss is the error on hidden elements.
+sequence; its last block computes the asked-for tokens' states only. Linear heads map every token back to its patch values; the loss is the error on hidden elements.
 
 With `head_type="gaussian"` the heads give every element a mean and a log-variance (trained by the
 beta-weighted Gaussian negative log-likelihood) and the redshift token a mixture of Gaussians in normalised
@@ -324,16 +324,20 @@ class MosaicAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states, attention_mask):
+    def forward(self, hidden_states, attention_mask, keep=None):
+        """`keep`: positions of the tokens whose outputs are wanted (default all); every token is still a key and
+        a value. `attention_mask`: (B, 1, K, T), a row per kept token."""
         batch, tokens, hidden = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)
+        if keep is not None:
+            query = query[:, :, keep]
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         output, _ = attend(
             self, query, key, value, attention_mask,
             dropout=self.config.attention_dropout if self.training else 0.0, scaling=self.scaling,
         )
-        return self.out(output.reshape(batch, tokens, hidden))
+        return self.out(output.reshape(batch, query.shape[2], hidden))
 
 
 class MosaicMLP(nn.Module):
@@ -357,8 +361,15 @@ class MosaicBlock(nn.Module):
         self.mlp = MosaicMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, attention_mask):
-        hidden_states = hidden_states + self.dropout(self.attention(self.attention_norm(hidden_states), attention_mask))
+    def forward(self, hidden_states, attention_mask, keep=None):
+        """`keep`: positions of the tokens to return (default all). The last block of a query needs only the
+        requested tokens' states: the others are read as keys and values but skip the projection and the MLP."""
+        if keep is not None:
+            attention_mask = attention_mask[:, :, keep]
+        attended = self.attention(self.attention_norm(hidden_states), attention_mask, keep)
+        if keep is not None:
+            hidden_states = hidden_states[:, keep]
+        hidden_states = hidden_states + self.dropout(attended)
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
 
 
@@ -489,10 +500,11 @@ class MosaicModel(MosaicPreTrainedModel):
             block.compile(**compile_kwargs)
         return self
 
-    def _encode(self, normalised, visible, errors, token_ids, elements=None):
+    def _encode(self, normalised, visible, errors, token_ids, elements=None, keep=None):
         """Run the encoder on the chosen tokens only -> (final states (B, T', H), which tokens have something
         visible (B, T')). Inputs are (B, E) over `elements` (default all D); `errors`: normalised errors for a
-        model with `error_inputs`, else unused."""
+        model with `error_inputs`, else unused. `keep`: positions in `token_ids` of the tokens whose final states
+        are wanted (default all): the last block computes only those (B, K, H)."""
         token_modality = self.layout.token_modality[token_ids]
         patches = self.layout.patches(normalised, token_ids, elements)
         patch_visible = self.layout.patches(visible.to(normalised.dtype), token_ids, elements)
@@ -503,9 +515,9 @@ class MosaicModel(MosaicPreTrainedModel):
         token_visible = (patch_visible > 0).any(dim=-1)
         hidden_states = self.embeddings(patches, patch_visible, patch_steps, patch_errors, token_ids, token_modality)
         mask = visible_attention_mask(token_visible, hidden_states.dtype)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             hidden_states = block(hidden_states, mask)
-        return self.norm(hidden_states), token_visible
+        return self.norm(self.blocks[-1](hidden_states, mask, keep)), token_visible
 
     def _decode(self, hidden_states, token_ids, elements=None):
         """Final states of the chosen tokens -> (means (B, E), log-variances (B, E) or None, redshift mixture
@@ -702,7 +714,8 @@ class MosaicModel(MosaicPreTrainedModel):
             pdf is only as good as its grid.
         errors (models with `error_inputs` only): name -> 1-sigma errors of given inputs, in the inputs'
             physical units and shapes (asinh-magnitude errors for lsst and spherex); NaN = unknown.
-        Returns name -> float32 arrays. The encoder runs on the tokens of the input and target modalities only.
+        Returns name -> float32 arrays. The encoder runs on the tokens of the input and target modalities only,
+        and its last block on the target tokens only.
         """
         names = self._check_names(inputs, "inputs")
         flat = self.config.flatten(inputs) if names else np.full((1, self.config.num_elements), np.nan, np.float32)
@@ -720,20 +733,22 @@ class MosaicModel(MosaicPreTrainedModel):
         if "redshift" in targets and (return_uncertainty or redshift_grid is not None):
             grid = check_redshift_grid(DEFAULT_REDSHIFT_GRID if redshift_grid is None else redshift_grid)
         token_ids = self._token_ids(set(names) | set(targets))
-        elements = self.layout.elements_of(token_ids)
+        elements, keep = self.layout.elements_of(token_ids), self._positions(token_ids, targets)
+        outputs = self.layout.elements_of(token_ids[keep])
         generator = torch.Generator().manual_seed(int(seed))
         points, summaries = [], []
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, rows, token_ids, elements)
-            points.append(self.to_physical(means, targets, elements))
+            means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, rows, token_ids, elements,
+                                                                   keep, outputs)
+            points.append(self.to_physical(means, targets, outputs))
             if probabilistic:
                 # A given element's spread was never trained (and is replaced by the given value below); keep
                 # it from overflowing the physical moments of a log-transformed modality.
-                is_given = torch.from_numpy(given[rows][:, elements.cpu().numpy()]).to(log_variances.device)
+                is_given = torch.from_numpy(given[rows][:, outputs.cpu().numpy()]).to(log_variances.device)
                 log_variances = log_variances.masked_fill(is_given, -LOG_VARIANCE_LIMIT)
                 knots = self._pit_knots(given[rows])
-                summaries.append(self._summaries(means, log_variances, mixture, elements, knots, targets,
+                summaries.append(self._summaries(means, log_variances, mixture, outputs, knots, targets,
                                                  return_uncertainty, num_samples, grid, generator))
         columns = np.concatenate([np.arange(flat.shape[1])[slices[n]] for n in targets])
         predicted = np.where(given[:, columns], flat[:, columns], np.concatenate(points)).astype(np.float32)
@@ -744,13 +759,19 @@ class MosaicModel(MosaicPreTrainedModel):
             output.update(self._given_as_given(joined, flat, given, grid))
         return output
 
-    def _calibrated_batch(self, flat, flat_errors, given, rows, token_ids, elements):
-        """`rows` of a query -> its normalised predictive distributions over `elements` (`_decode`), moved and
-        widened by the `config.calibration` entry each row matches (`_recalibrate`)."""
-        hidden_states, _ = self._encode(*self._prepare(flat, flat_errors, rows, elements), token_ids, elements)
-        means, log_variances, mixture = self._decode(hidden_states, token_ids, elements)
+    def _positions(self, token_ids: torch.Tensor, targets) -> torch.Tensor:
+        """Where the tokens of the `targets` sit in a query's `token_ids`: the only final states it needs."""
+        return torch.nonzero(torch.isin(token_ids, self._token_ids(targets))).flatten()
+
+    def _calibrated_batch(self, flat, flat_errors, given, rows, token_ids, elements, keep, outputs):
+        """`rows` of a query -> the normalised predictive distributions of the tokens at `keep` over their elements
+        `outputs` (`_decode`), moved and widened by the `config.calibration` entry each row matches
+        (`_recalibrate`)."""
+        inputs_of_batch = self._prepare(flat, flat_errors, rows, elements)
+        hidden_states, _ = self._encode(*inputs_of_batch, token_ids, elements, keep)
+        means, log_variances, mixture = self._decode(hidden_states, token_ids[keep], outputs)
         if self.config.calibration and self.is_probabilistic:
-            means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], elements)
+            means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], outputs)
         return means, log_variances, mixture
 
     @torch.no_grad()
@@ -782,15 +803,17 @@ class MosaicModel(MosaicPreTrainedModel):
         flat_errors = self._flat_errors(errors, names, len(flat))
         given = np.isfinite(flat)
         token_ids = self._token_ids(set(names) | set(targets))
-        elements = self.layout.elements_of(token_ids)
+        elements, keep = self.layout.elements_of(token_ids), self._positions(token_ids, targets)
+        outputs = self.layout.elements_of(token_ids[keep])
         out = {n: [] for n in targets}
         for start in range(0, len(flat), batch_size):
             rows = slice(start, start + batch_size)
-            means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, rows, token_ids, elements)
+            means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, rows, token_ids, elements,
+                                                                   keep, outputs)
             knots = self._pit_knots(given[rows])
             for name in targets:
                 modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
-                                                                                 elements)
+                                                                                 outputs)
                 y = modality.to_learning(points[name][rows]).reshape(len(centres), -1, 1)
                 pit = (weights * normal_cdf((y - centres) / sigmas)).sum(axis=-1)
                 if name in knots:
@@ -882,7 +905,8 @@ class MosaicModel(MosaicPreTrainedModel):
             raise ValueError(f"truth: {flat_truth.shape[0]} rows, but the inputs have {flat.shape[0]}")
         flat_errors = self._flat_errors(errors, names, flat.shape[0])
         token_ids = self._token_ids(set(names) | set(targets))
-        elements = self.layout.elements_of(token_ids)
+        elements, keep = self.layout.elements_of(token_ids), self._positions(token_ids, targets)
+        outputs = self.layout.elements_of(token_ids[keep])
         slices = self.config.modality_slices
         scored = {n: ~given[:, slices[n]] & np.isfinite(flat_truth[:, slices[n]]) for n in targets}
         stride = {n: max(1, -(-int(scored[n].sum()) // CALIBRATION_POINTS)) for n in targets}
@@ -890,12 +914,12 @@ class MosaicModel(MosaicPreTrainedModel):
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
             inputs_of_batch = self._prepare(flat, flat_errors, rows, elements)
-            means, log_variances, mixture = self._decode(self._encode(*inputs_of_batch, token_ids, elements)[0],
-                                                         token_ids, elements)
+            hidden_states, _ = self._encode(*inputs_of_batch, token_ids, elements, keep)
+            means, log_variances, mixture = self._decode(hidden_states, token_ids[keep], outputs)
             for name in targets:
                 modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
-                                                                                 elements)
-                spread = np.exp(0.5 * log_variances[:, self._columns(name, elements)].double().cpu().numpy())
+                                                                                 outputs)
+                spread = np.exp(0.5 * log_variances[:, self._columns(name, outputs)].double().cpu().numpy())
                 spread = spread * self.layout.std[slices[name]].double().cpu().numpy()
                 keep = scored[name][rows]
                 y = modality.to_learning(np.where(keep, flat_truth[rows, slices[name]], 1.0))

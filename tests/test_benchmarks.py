@@ -17,6 +17,7 @@ from batches import model_config, synthetic_batches, synthetic_columns
 from common import log_log_slope, timed
 from training_speed import (
     flop_counter_check,
+    flop_terms,
     forward_flops_per_sample,
     training_flops_per_sample,
 )
@@ -79,6 +80,26 @@ def test_inference_flops_scale_with_the_tokens_asked_for():
     two, four = forward_flops_per_sample(config, tokens=2), forward_flops_per_sample(config, tokens=4)
     assert 2 * two < four < 2.2 * two  # linear in tokens plus the (small) attention term, which is quadratic
     assert training_flops_per_sample(config) > 2 * forward_flops_per_sample(config)
+
+
+@pytest.mark.parametrize(("inputs", "target", "tokens"), [(("lsst",), "redshift", 2),
+                                                          (("lsst", "spherex"), "log_stellar_mass", 8)])
+def test_inference_flops_formula_matches_the_flop_counter(inputs, target, tokens):
+    """The blocks' FLOPs of a query (the tokens given and asked for; the last block projects and feeds forward
+    the asked-for token only), on which the suite's inference ceiling rests, are what `predict` runs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from modeling_mosaic import MosaicModel
+
+    config = model_config("demo", attn_implementation="eager")
+    columns = synthetic_columns(config, 8, seed=1)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        MosaicModel(config).eval().predict({n: columns[n] for n in inputs}, targets=target)
+    counted = sum(counter.get_flop_counts()["MosaicBlock"].values())
+    assert counted == 8 * flop_terms(config, tokens=tokens, asked=1)["blocks"]
+    assert counted < 8 * flop_terms(config, tokens=tokens)["blocks"]
 
 
 def test_synthetic_columns_are_in_the_catalog_layout():

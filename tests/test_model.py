@@ -133,6 +133,23 @@ def test_subsequence_predict_matches_full_sequence(model):
     np.testing.assert_array_equal(predicted["sfh"][:, 70:], sfh[:, 70:].astype(np.float32))  # given: as given
 
 
+def test_predict_costs_the_tokens_given_and_asked_for(model):
+    """The blocks run the query's tokens only (LSST's six bands are one token, each scalar one), and the last block
+    projects and feeds forward only the asked-for tokens, the given ones serving there as keys and values. (Their
+    final states equal the full encoder's: test_subsequence_predict_matches_full_sequence.)"""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n, hidden, mlp, layers = 5, TINY["hidden_size"], TINY["intermediate_size"], TINY["num_hidden_layers"]
+    inputs = {"lsst": synthetic_columns(np.random.default_rng(5), n)["lsst"]}
+    qkv, rest = 2 * hidden * 3 * hidden, 2 * hidden * hidden + 2 * 2 * hidden * mlp  # FLOPs per token
+    for targets, tokens, asked in ((["redshift"], 2, 1), (["redshift", "log_halo_mass"], 3, 2)):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model.predict(inputs, targets=targets)
+        linear_flops = counter.get_flop_counts()["MosaicBlock"][torch.ops.aten.addmm]
+        assert linear_flops == n * (layers * tokens * qkv + ((layers - 1) * tokens + asked) * rest)
+
+
 def test_predict_is_batch_size_invariant(model):
     inputs = {"lsst": synthetic_columns(np.random.default_rng(3), 23)["lsst"]}
     reference = model.predict(inputs, batch_size=4096)
@@ -279,6 +296,8 @@ def test_bad_inputs_raise_clear_errors(model):
         MosaicConfig(modalities=["redshift", "colour"])
     with pytest.raises(ValueError, match="expected 6"):
         MosaicConfig().set_normalization({"lsst": {"mean": [0.0] * 5, "std": [1.0] * 5}})
+    with pytest.raises(ValueError, match="num_hidden_layers must be >= 1, got 0"):
+        MosaicConfig(num_hidden_layers=0)
 
 
 def test_inf_is_missing_and_empty_inputs_give_the_prior(model):
