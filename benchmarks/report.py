@@ -82,9 +82,9 @@ def inference_section(results: dict) -> str:
     return ("## Inference (demo model)\n\n"
             + _table(["query", "method", "rows", "galaxies/s", "single-row ms", "blocks' share",
                       "encoder at the matmul ceiling, galaxies/s"], rows)
-            + "\n\nThe last column is the encoder's matmul FLOPs per galaxy (the tokens given and asked for only) "
-            "at the fp32 matmul rate measured in the same process: no implementation of this model on this "
-            "machine predicts faster than that."
+            + "\n\nThe last column is the encoder's matmul FLOPs per galaxy (the tokens given and asked for only; "
+            "the last block projects and feeds forward the asked-for token alone) at the fp32 matmul rate measured "
+            "in the same process: no implementation of this model on this machine predicts faster than that."
             + _compiled_note(inf)
             + f"\n\nPeak RSS of the inference process (model, baselines, data): {_g(inf['peak_rss_gb'])} GB.")
 
