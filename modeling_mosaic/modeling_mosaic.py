@@ -921,9 +921,9 @@ class MosaicModel(MosaicPreTrainedModel):
                                                                                  outputs)
                 spread = np.exp(0.5 * log_variances[:, self._columns(name, outputs)].double().cpu().numpy())
                 spread = spread * self.layout.std[slices[name]].double().cpu().numpy()
-                keep = scored[name][rows]
-                y = modality.to_learning(np.where(keep, flat_truth[rows, slices[name]], 1.0))
-                pooled[name].append((weights[keep], centres[keep], sigmas[keep], spread[keep], y[keep]))
+                is_scored = scored[name][rows]
+                y = modality.to_learning(np.where(is_scored, flat_truth[rows, slices[name]], 1.0))
+                pooled[name].append(tuple(a[is_scored] for a in (weights, centres, sigmas, spread, y)))
         fitted = {}
         for name in targets:
             if not scored[name].any():

@@ -679,3 +679,25 @@ def test_mosaic_predict_cli_writes_uncertainties_and_a_qp_ensemble(gaussian_mode
     with pytest.raises(SystemExit, match="CSV cannot hold"):
         predict_cli.main([*argv, "--output", str(tmp_path / "out.csv"), "--samples", "3"])
     assert not (tmp_path / "b.csv").exists()
+
+
+def test_calibrate_and_cdf_do_not_depend_on_the_batch_size(gaussian_model):
+    """Fitted over several batches, the calibration (shift, temperature, PIT knots per target) and the CDFs read
+    with it are those of one batch: each batch encodes the same rows the same way, and the scored rows of every
+    target are pooled before fitting."""
+    import copy
+
+    rng = np.random.default_rng(11)
+    columns = random_columns(rng, 90)
+    inputs = {"lsst": columns["lsst"]}
+    truth = {n: columns[n] for n in ("redshift", "log_stellar_mass")}
+    fits, cdfs = [], []
+    for batch_size in (4096, 32):
+        model = copy.deepcopy(gaussian_model)
+        fits.append(model.calibrate(inputs, truth, batch_size=batch_size))
+        cdfs.append(model.cdf(inputs, truth, batch_size=batch_size))
+    for name in truth:
+        for key in ("shift", "temperature"):
+            assert fits[1][name][key] == pytest.approx(fits[0][name][key], rel=1e-6, abs=1e-9), (name, key)
+        np.testing.assert_allclose(fits[1][name]["pit_knots"], fits[0][name]["pit_knots"], atol=1e-6)
+        np.testing.assert_allclose(cdfs[1][name], cdfs[0][name], atol=1e-6)
