@@ -8,7 +8,8 @@ colours of a photometric patch), and runs a pre-norm transformer
 in which a token with nothing visible (a "query" token) is attended by no one but itself. A query token's
 output therefore depends only on the visible tokens and its own position, so `predict` runs the encoder on
 the tokens it is given plus the tokens it is asked for, and nothing else, with the same result as the full
-sequence; its last block computes the asked-for tokens' states only. Linear heads map every token back to its patch values; the loss is the error on hidden elements.
+sequence (its last block only for the tokens asked for). Linear heads map every token back to its patch values;
+the loss is the error on hidden elements.
 
 With `head_type="gaussian"` the heads give every element a mean and a log-variance (trained by the
 beta-weighted Gaussian negative log-likelihood) and the redshift token a mixture of Gaussians in normalised
@@ -364,12 +365,10 @@ class MosaicBlock(nn.Module):
     def forward(self, hidden_states, attention_mask, keep=None):
         """`keep`: positions of the tokens to return (default all). The last block of a query needs only the
         requested tokens' states: the others are read as keys and values but skip the projection and the MLP."""
+        normed = self.attention_norm(hidden_states)
         if keep is not None:
-            attention_mask = attention_mask[:, :, keep]
-        attended = self.attention(self.attention_norm(hidden_states), attention_mask, keep)
-        if keep is not None:
-            hidden_states = hidden_states[:, keep]
-        hidden_states = hidden_states + self.dropout(attended)
+            hidden_states, attention_mask = hidden_states[:, keep], attention_mask[:, :, keep]
+        hidden_states = hidden_states + self.dropout(self.attention(normed, attention_mask, keep))
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
 
 
@@ -733,8 +732,8 @@ class MosaicModel(MosaicPreTrainedModel):
         if "redshift" in targets and (return_uncertainty or redshift_grid is not None):
             grid = check_redshift_grid(DEFAULT_REDSHIFT_GRID if redshift_grid is None else redshift_grid)
         token_ids = self._token_ids(set(names) | set(targets))
-        elements, keep = self.layout.elements_of(token_ids), self._positions(token_ids, targets)
-        outputs = self.layout.elements_of(token_ids[keep])
+        elements = self.layout.elements_of(token_ids)
+        keep, outputs = self._asked(token_ids, targets)
         generator = torch.Generator().manual_seed(int(seed))
         points, summaries = [], []
         for start in range(0, flat.shape[0], batch_size):
@@ -759,9 +758,11 @@ class MosaicModel(MosaicPreTrainedModel):
             output.update(self._given_as_given(joined, flat, given, grid))
         return output
 
-    def _positions(self, token_ids: torch.Tensor, targets) -> torch.Tensor:
-        """Where the tokens of the `targets` sit in a query's `token_ids`: the only final states it needs."""
-        return torch.nonzero(torch.isin(token_ids, self._token_ids(targets))).flatten()
+    def _asked(self, token_ids: torch.Tensor, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the tokens of the `targets` sit in a query's `token_ids` (the only final states it needs), and
+        the elements they hold."""
+        keep = torch.nonzero(torch.isin(token_ids, self._token_ids(targets))).flatten()
+        return keep, self.layout.elements_of(token_ids[keep])
 
     def _calibrated_batch(self, flat, flat_errors, given, rows, token_ids, elements, keep, outputs):
         """`rows` of a query -> the normalised predictive distributions of the tokens at `keep` over their elements
@@ -803,8 +804,8 @@ class MosaicModel(MosaicPreTrainedModel):
         flat_errors = self._flat_errors(errors, names, len(flat))
         given = np.isfinite(flat)
         token_ids = self._token_ids(set(names) | set(targets))
-        elements, keep = self.layout.elements_of(token_ids), self._positions(token_ids, targets)
-        outputs = self.layout.elements_of(token_ids[keep])
+        elements = self.layout.elements_of(token_ids)
+        keep, outputs = self._asked(token_ids, targets)
         out = {n: [] for n in targets}
         for start in range(0, len(flat), batch_size):
             rows = slice(start, start + batch_size)
@@ -905,8 +906,8 @@ class MosaicModel(MosaicPreTrainedModel):
             raise ValueError(f"truth: {flat_truth.shape[0]} rows, but the inputs have {flat.shape[0]}")
         flat_errors = self._flat_errors(errors, names, flat.shape[0])
         token_ids = self._token_ids(set(names) | set(targets))
-        elements, keep = self.layout.elements_of(token_ids), self._positions(token_ids, targets)
-        outputs = self.layout.elements_of(token_ids[keep])
+        elements = self.layout.elements_of(token_ids)
+        keep, outputs = self._asked(token_ids, targets)
         slices = self.config.modality_slices
         scored = {n: ~given[:, slices[n]] & np.isfinite(flat_truth[:, slices[n]]) for n in targets}
         stride = {n: max(1, -(-int(scored[n].sum()) // CALIBRATION_POINTS)) for n in targets}
