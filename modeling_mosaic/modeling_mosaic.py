@@ -67,6 +67,9 @@ PIT_MAP_FLOOR = 0.01
 MAPPED_MOMENT_LEVELS = 128
 #: Percentiles `predict` returns with `return_uncertainty` (the median and the central 68% interval).
 PERCENTILES = (16, 50, 84)
+#: Rows of a batch whose redshift pdf is tabulated at a time: 4,096 rows of the default grid's 351 points and five
+#: components make 57 MB float64 temporaries, which the pdf pass streams through memory at half the speed.
+PDF_ROWS = 512
 #: Redshifts at which `predict` tabulates the photo-z posterior by default.
 DEFAULT_REDSHIFT_GRID = np.linspace(0.0, 3.5, 351)
 DEFAULT_REDSHIFT_GRID.setflags(write=False)
@@ -815,8 +818,8 @@ class MosaicModel(MosaicPreTrainedModel):
             for name in targets:
                 modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
                                                                                  outputs)
-                y = modality.to_learning(points[name][rows]).reshape(len(centres), -1, 1)
-                pit = (weights * normal_cdf((y - centres) / sigmas)).sum(axis=-1)
+                y = modality.to_learning(points[name][rows]).reshape(len(centres), -1)
+                pit = gaussian_mixture_cdf(weights, centres, sigmas, y)
                 if name in knots:
                     pit = pit_map(knots[name], pit)
                 out[name].append(pit.reshape(points[name][rows].shape))
@@ -991,19 +994,23 @@ class MosaicModel(MosaicPreTrainedModel):
 
     def _redshift_pdf(self, mixture, grid, pit_knots=None) -> np.ndarray:
         """The redshift mixtures (B, 3, K) -> their density in z on `grid` (B, G), integrating to 1 there; with
-        `pit_knots` (B, J) times the PIT map's slope at the mixture's CDF."""
+        `pit_knots` (B, J) times the PIT map's slope at the mixture's CDF. PDF_ROWS rows at a time."""
         modality, element = MODALITIES["redshift"], self.layout.redshift_element
         mean, std = float(self.layout.mean[element]), float(self.layout.std[element])
         normalised = torch.from_numpy((modality.to_learning(grid) - mean) / std).to(mixture.device)
-        points = normalised.expand(mixture.shape[0], -1)
-        log_density = mixture_log_density(mixture.double(), points).cpu().numpy()
         log_jacobian = np.log(modality.scale / ((grid + modality.offset) * math.log(10.0) * std))
-        log_density = log_density + log_jacobian
-        if pit_knots is not None:
-            cdf = mixture_cdf(mixture.double(), points).cpu().numpy()
-            log_density = log_density + np.log(pit_map_slope(pit_knots, cdf))
-        density = np.exp(log_density - log_density.max(axis=1, keepdims=True))
-        return density / trapezoid(density, grid)[:, None]
+        densities = []
+        for start in range(0, mixture.shape[0], PDF_ROWS):
+            rows = slice(start, start + PDF_ROWS)
+            part = mixture[rows].double()
+            points = normalised.expand(part.shape[0], -1)
+            log_density = mixture_log_density(part, points).cpu().numpy() + log_jacobian
+            if pit_knots is not None:
+                cdf = mixture_cdf(part, points).cpu().numpy()
+                log_density = log_density + np.log(pit_map_slope(pit_knots[rows], cdf))
+            density = np.exp(log_density - log_density.max(axis=1, keepdims=True))
+            densities.append(density / trapezoid(density, grid)[:, None])
+        return np.concatenate(densities)
 
     def _given_as_given(self, result, flat, given, grid) -> dict:
         """Override the distributions of given elements by the given values (zero spread, a one-point pdf),
@@ -1013,7 +1020,9 @@ class MosaicModel(MosaicPreTrainedModel):
             key = f"{name}_{statistic}" if statistic else name
             s = self.config.modality_slices[name]
             values, is_given = flat[:, s], given[:, s]
-            if statistic == "pdf":
+            if not is_given.any():  # a pure prediction: nothing to override
+                pass
+            elif statistic == "pdf":
                 spike = np.zeros_like(array)
                 spike[np.arange(len(array)), np.abs(grid[None, :] - values).argmin(axis=1)] = 1.0
                 array = np.where(is_given, spike / trapezoid(spike, grid)[:, None], array)
@@ -1155,6 +1164,11 @@ def mapped_moments(modality, weights, means, sigmas, knots):
     return values.mean(axis=-1), values.std(axis=-1)
 
 
+def gaussian_mixture_cdf(weights, means, sigmas, x) -> np.ndarray:
+    """CDF of Gaussian mixtures (..., K) at points x (...) (numpy, float64)."""
+    return (weights * normal_cdf((x[..., None] - means) / sigmas)).sum(axis=-1)
+
+
 def mixture_cdf_and_density(weights, means, sigmas, x) -> tuple[np.ndarray, np.ndarray]:
     """CDF and density of Gaussian mixtures (..., K) at points x (...) (numpy, float64)."""
     standardised = (x[..., None] - means) / sigmas
@@ -1172,7 +1186,7 @@ def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
     grid = np.sort((means[..., None] + sigmas[..., None] * nodes).reshape(means.shape[:-1] + (-1,)), axis=-1)
 
     mixtures = (weights[..., None, :], means[..., None, :], sigmas[..., None, :])
-    table = np.ascontiguousarray(mixture_cdf_and_density(*mixtures, grid)[0])
+    table = np.ascontiguousarray(gaussian_mixture_cdf(*mixtures, grid))
     q = np.broadcast_to(q, table.shape[:-1] + np.shape(q)[-1:]).copy()  # contiguous and writable, as torch wants
     upper = torch.searchsorted(torch.from_numpy(table), torch.from_numpy(q)).clamp(1, table.shape[-1] - 1).numpy()
     (c0, c1), (g0, g1) = ((np.take_along_axis(a, upper - 1, -1), np.take_along_axis(a, upper, -1))

@@ -20,7 +20,13 @@ from modeling_mosaic import (
     predict_cli,
 )
 from modeling_mosaic.modalities import asinh_magnitude
-from modeling_mosaic.modeling_mosaic import learning_quantile, physical_moments, tabulated_quantile
+from modeling_mosaic.modeling_mosaic import (
+    DEFAULT_REDSHIFT_GRID,
+    PDF_ROWS,
+    learning_quantile,
+    physical_moments,
+    tabulated_quantile,
+)
 from modeling_mosaic.noise import asinh_magnitude_error, noise_columns
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
@@ -701,3 +707,22 @@ def test_calibrate_and_cdf_do_not_depend_on_the_batch_size(gaussian_model):
             assert fits[1][name][key] == pytest.approx(fits[0][name][key], rel=1e-6, abs=1e-9), (name, key)
         np.testing.assert_allclose(fits[1][name]["pit_knots"], fits[0][name]["pit_knots"], atol=1e-6)
         np.testing.assert_allclose(cdfs[1][name], cdfs[0][name], atol=1e-6)
+
+
+def test_uncertainties_do_not_depend_on_how_the_rows_are_split(gaussian_model):
+    """The redshift pdf is tabulated PDF_ROWS rows at a time within a batch: over more rows than that, a calibrated
+    model's pdf (through each row's PIT map), moments and percentiles are those of the same rows in small batches."""
+    import copy
+
+    rng = np.random.default_rng(12)
+    model = copy.deepcopy(gaussian_model)
+    calibration = random_columns(rng, 300)
+    model.calibrate({"lsst": calibration["lsst"]}, {"redshift": calibration["redshift"]})
+    lsst = random_columns(rng, PDF_ROWS + 88)["lsst"]
+    lsst[::3, 0] = np.nan  # rows the calibration does not match: their PIT map is the identity
+    inputs = {"lsst": lsst}
+    whole = model.predict(inputs, targets=["redshift"], return_uncertainty=True)
+    split = model.predict(inputs, targets=["redshift"], return_uncertainty=True, batch_size=100)
+    assert whole["redshift_pdf"].shape == (PDF_ROWS + 88, DEFAULT_REDSHIFT_GRID.size)
+    for key in ("redshift_pdf", "redshift", "redshift_std", "redshift_p16", "redshift_p84"):
+        np.testing.assert_allclose(split[key], whole[key], rtol=1e-4, atol=1e-6, err_msg=key)
