@@ -106,6 +106,22 @@ def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats
     return out
 
 
+def uncertainty_query_speed(model, inputs: dict, target: str, calibration: tuple, repeats: int) -> dict:
+    """Batch galaxies/s of one `predict` query with `return_uncertainty` (the mean and std, the percentiles and,
+    for redshift, the pdf on the default grid), the model calibrated for the query first on `calibration`
+    (inputs, truth) as a shipped model is: its PIT map is what the summaries of a scalar target go through. The
+    calibration is removed again afterwards."""
+    model.calibrate(*calibration, targets=[target])
+    try:
+        batch = timed(lambda: model.predict(inputs, targets=[target], return_uncertainty=True), repeats=repeats,
+                      warmup=1)
+    finally:
+        model.config.calibration = []
+    rows = len(next(iter(inputs.values())))
+    return {"rows": rows, "batch_s": batch["median_s"], "per_s": rows / batch["median_s"],
+            "calibration_rows": len(calibration[1][target])}
+
+
 def compiled_query_speed(model, inputs: dict, target: str, repeats: int, reference: np.ndarray) -> dict:
     """Batch galaxies/s of one `predict` query with the blocks compiled (`compile_encoder`): the first call
     (compilation) timed on its own, and the largest |difference| from the uncompiled `reference` output."""
@@ -119,9 +135,10 @@ def compiled_query_speed(model, inputs: dict, target: str, repeats: int, referen
 
 def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None, rows: int = 20_000,
                         repeats: int = 5, single_repeats: int = 30, max_train: int = 20_000,
-                        compile_model: bool = False) -> dict:
-    """Worker: every query of QUERIES for the model of configs/PRESET.yaml and for the baselines; with
-    `compile_model` also for the model with its blocks compiled (torch.compile, inductor)."""
+                        compile_model: bool = False, calibration_rows: int = 4000) -> dict:
+    """Worker: every query of QUERIES for the model of configs/PRESET.yaml and for the baselines, and for the model
+    with uncertainties (calibrated on `calibration_rows` training rows); with `compile_model` also for the model
+    with its blocks compiled (torch.compile, inductor)."""
     import torch
 
     from modeling_mosaic.evaluation.conditions import get_condition
@@ -142,6 +159,11 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
         # The most the encoder could do here: its matmul FLOPs per galaxy at the measured matmul rate.
         model_result = result[name]["model"]
         model_result["ceiling_per_s"] = result["matmul"]["flops_per_s"] / model_result["blocks_flops_per_galaxy"]
+    for name, target, condition in QUERIES:
+        held_out = {k: v[:calibration_rows] for k, v in train.items()}
+        calibration = (get_condition(condition).inputs(held_out), {target: held_out[target]})
+        result[name]["model_uncertainty"] = uncertainty_query_speed(model, get_condition(condition).inputs(test),
+                                                                    target, calibration, repeats)
     if compile_model:
         references = {name: model.predict(get_condition(condition).inputs(test), targets=[target])[target]
                       for name, target, condition in QUERIES}

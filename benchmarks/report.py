@@ -74,6 +74,9 @@ def inference_section(results: dict) -> str:
         m = q["model"]
         rows.append([key, "MOSAIC predict", m["rows"], m["per_s"], m["single_row_latency_ms"], m["blocks_fraction"],
                      m.get("ceiling_per_s")])
+        if "model_uncertainty" in q:
+            rows.append([key, "MOSAIC predict, return_uncertainty", q["model_uncertainty"]["rows"],
+                         q["model_uncertainty"]["per_s"], None, None, None])
         if "model_compiled" in q:
             rows.append([key, "MOSAIC predict, compile_encoder()", m["rows"], q["model_compiled"]["per_s"], None,
                          None, None])
@@ -85,8 +88,20 @@ def inference_section(results: dict) -> str:
             + "\n\nThe last column is the encoder's matmul FLOPs per galaxy (the tokens given and asked for only; "
             "the last block projects and feeds forward the asked-for token alone) at the fp32 matmul rate measured "
             "in the same process: no implementation of this model on this machine predicts faster than that."
+            + _uncertainty_note(inf)
             + _compiled_note(inf)
             + f"\n\nPeak RSS of the inference process (model, baselines, data): {_g(inf['peak_rss_gb'])} GB.")
+
+
+def _uncertainty_note(inf: dict) -> str:
+    rows = sorted({q["model_uncertainty"]["calibration_rows"] for q in inf.values()
+                   if isinstance(q, dict) and "model_uncertainty" in q})
+    if not rows:
+        return ""
+    return (" `return_uncertainty` adds the predictive mean and std, the percentiles and, for redshift, the pdf on "
+            "the default 351-point grid; the model is calibrated for the query first (on "
+            f"{' / '.join(f'{r:,}' for r in rows)} training rows), as a shipped model is, so the summaries of a "
+            "scalar target go through its PIT map.")
 
 
 def _compiled_note(inf: dict) -> str:
