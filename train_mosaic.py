@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None):
         file_argv = config_file_to_argv(argv[i + 1])
         del argv[i : i + 2]
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    # Push the finished model once (the Trainer's default pushes at every save, with its pickles).
+    parser.set_defaults(hub_strategy="end")
     return parser.parse_args_into_dataclasses(args=file_argv + argv, look_for_args_file=False)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, set_seed
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from .allocator import keep_freed_memory
 from .catalog.io import arrow_to_numpy
@@ -34,6 +35,8 @@ IN_MEMORY_BYTES = 2 * 1024**3
 #: The modalities the task metrics score, and the photo-z scores logged for redshift.
 TASK_TARGETS = ("redshift", "log_stellar_mass")
 PHOTOZ_KEYS = ("bias", "sigma_nmad", "sigma_iqr", "outlier_rate")
+#: Where a model folder keeps the arguments it was trained with (the Trainer's own file is a pickle).
+TRAINING_ARGS_JSON = "training_args.json"
 
 
 # ------------------------------------------------------------------------------------------ arguments
@@ -174,12 +177,24 @@ _TIMING_KEYS = ("_runtime", "_per_second")
 
 
 class MosaicTrainer(Trainer):
-    """Trainer whose model card is MOSAIC's own (the template `model_card.md`), not the generic draft."""
+    """Trainer whose model card is MOSAIC's own (the template `model_card.md`), not the generic draft, and whose
+    model folders hold no pickle."""
 
     def __init__(self, *args, card_template: str | None = None, card_fields: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.card_template = card_template
         self.card_fields = dict(card_fields or {})
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """Save as the Trainer does, but write the training arguments as JSON (`training_args.json`, tokens
+        redacted) in place of the Trainer's pickle of them (`training_args.bin`), which would carry a
+        `--hub_token` in clear text to every Hub repo pushed from the folder and cannot be read without
+        unpickling. Checkpoint folders save through here too."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            folder = Path(output_dir or self.args.output_dir)
+            (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+            (folder / TRAINING_ARGS_JSON).write_text(self.args.to_json_string())
 
     def create_model_card(self, **kwargs):
         if not self.is_world_process_zero() or self.card_template is None:
@@ -340,6 +355,10 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
 
     MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
     keep_freed_memory()
+    if training_args.push_to_hub and training_args.hub_strategy != "end":
+        raise ValueError(f"--hub_strategy {training_args.hub_strategy.value}: pushing during training uploads the Trainer's "
+                         "pickles (its arguments, with any --hub_token, and for the checkpoint strategies the "
+                         "optimiser state); MOSAIC pushes the safetensors model once, at the end: --hub_strategy end")
     if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
         raise ValueError("--dataloader_persistent_workers: the masks change every epoch through the collator, and "
                          "persistent workers would keep their copy of the first epoch's; leave it false")

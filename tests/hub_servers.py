@@ -142,6 +142,10 @@ class BareRepo:
                 entries[path.decode()] = (oid.decode(), int(size))
         return entries
 
+    def history(self) -> list[str]:
+        """The commits of `main`, newest first ([] before the first)."""
+        return self._git("rev-list", self.head()).decode().split() if self.head() else []
+
     def read(self, path: str, commit: str | None = None) -> bytes:
         return self._git("cat-file", "blob", f"{commit or self.head()}:{path}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hub_servers import OlahServer, UploadServer, hub_env, run_isolated_python
+from hub_servers import BareRepo, OlahServer, UploadServer, hub_env, run_isolated_python
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,6 @@ def test_tiny_run_saves_a_loadable_checkpoint_with_card_and_data_statistics(cata
     for name in ("config.json", "model.safetensors", "configuration_mosaic.py", "modeling_mosaic.py",
                  "modalities.py", "README.md"):
         assert (trained / name).is_file(), name
-    assert not list(trained.glob("*.bin")) or [p.name for p in trained.glob("*.bin")] == ["training_args.bin"]
     model = AutoModel.from_pretrained(trained)
     assert model.config.mask_query_probability == 0.3  # from tiny.yaml
     assert model.config.mask_queries == [c.given_ranges() for c in CONDITIONS]  # the five figure-2 input sets
@@ -258,6 +257,29 @@ def test_two_processes_over_gloo(catalog, tmp_path):
     assert np.isfinite(model.predict(lsst_inputs(catalog), targets=["redshift"])["redshift"]).all()
 
 
+def test_model_folders_hold_no_pickle_and_their_training_arguments_as_json(trained):
+    """The model folder and each checkpoint's keep the training arguments as JSON, not as the Trainer's pickle;
+    beside the safetensors weights, only a checkpoint's resume state (optimiser, scheduler, RNG) is torch.save'd."""
+    folders = [trained, *sorted(trained.glob("checkpoint-*"))]
+    assert len(folders) == 3  # the end, and the saves at steps 4 and 8
+    for folder in folders:
+        assert not list(folder.glob("*.bin")), folder
+        arguments = json.loads((folder / "training_args.json").read_text())
+        assert arguments["output_dir"] == str(trained) and arguments["max_steps"] == 8, folder
+    assert {p.suffix for p in trained.iterdir() if p.is_file()} <= {".json", ".safetensors", ".py", ".md"}
+    for checkpoint in folders[1:]:
+        resume_state = {p.name for p in checkpoint.iterdir() if p.suffix in (".pt", ".pth")}
+        assert resume_state == {"optimizer.pt", "scheduler.pt", "rng_state.pth"}, checkpoint
+
+
+def test_pushing_during_training_is_refused_before_any_work(catalog, tmp_path):
+    """The Trainer's own strategies push at every save, its pickles with them: refused by name, nothing written."""
+    out = tmp_path / "model"
+    with pytest.raises(ValueError, match="--hub_strategy every_save"):
+        train(catalog, out, "--push_to_hub", "true", "--hub_model_id", "org/x", "--hub_strategy", "every_save")
+    assert not out.exists()
+
+
 def test_push_to_hub_through_the_hub_client_then_pull(catalog, trained, tmp_path):
     """`--push_to_hub` pushes with the real huggingface_hub client to a local upload endpoint; the repo then
     loads through olah (a real Hub mirror) in a process that cannot import modeling_mosaic."""
@@ -266,11 +288,22 @@ def test_push_to_hub_through_the_hub_client_then_pull(catalog, trained, tmp_path
     mirrors = tmp_path / "mirrors"
     out = tmp_path / "pushed"
     with UploadServer(mirrors) as upload_url:
-        env = hub_env(upload_url, tmp_path / "hf_push", HF_TOKEN="dummy-token")
+        env = hub_env(upload_url, tmp_path / "hf_push")
         cmd = [PYTHON, str(ROOT / "train_mosaic.py"), "--config", TINY, "--data_path", catalog,
-               "--output_dir", str(out), *SHORT, "--push_to_hub", "true", "--hub_model_id", "org/pushed-mosaic"]
+               "--output_dir", str(out), *SHORT, "--push_to_hub", "true", "--hub_model_id", "org/pushed-mosaic",
+               "--hub_token", "hf_dummy_secret_token"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
+    # Pushed once training ended (--hub_strategy end by default: the model, then its metrics), and no commit of
+    # the repo's history holds a pickle or the token.
+    repo = BareRepo(BareRepo.location(mirrors, "models", "org/pushed-mosaic"))
+    assert {"config.json", "model.safetensors", "modeling_mosaic.py", "README.md", "training_args.json",
+            "all_results.json"} <= set(repo.files())
+    assert len(repo.history()) == 2
+    for commit in repo.history():
+        pushed = repo.files(commit)
+        assert not [name for name in pushed if name.endswith((".bin", ".pt", ".pth", ".pkl"))], sorted(pushed)
+        assert not [name for name in pushed if b"hf_dummy_secret_token" in repo.read(name, commit)], commit
 
     inputs = lsst_inputs(catalog)
     expected = AutoModel.from_pretrained(out).predict(inputs, targets=["redshift"])["redshift"]
