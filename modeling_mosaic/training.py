@@ -420,13 +420,14 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         fitted = calibrate_for_conditions(trainer.model.eval(), held_out)
         metrics.update({f"calibration_{c}_{t}_{k}": v for c, ts in fitted.items() for t, f in ts.items()
                         for k, v in f.items() if t in ("redshift", "log_stellar_mass")})
-    trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", {**result.metrics, **metrics})
-        trainer.create_model_card()
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        trainer.push_to_hub()  # saves the model and its card, then uploads the folder: one commit
+    else:
+        trainer.save_model()
+        trainer.create_model_card()
     return trainer, metrics
 
 
