@@ -264,7 +264,7 @@ def predict_chunk(model, table: pa.Table, args, chunk: int) -> tuple[dict, list[
         predictions = model.predict(inputs, targets=args.targets, batch_size=args.batch_size,
                                     return_uncertainty=args.uncertainty, num_samples=args.samples,
                                     redshift_grid=DEFAULT_REDSHIFT_GRID if args.qp else None, errors=errors or None,
-                                    seed=chunk_seed(args.seed, chunk))
+                                    seed=chunk_seed(args.seed, chunk), return_pdf=bool(args.qp))
     except ValueError as error:
         raise SystemExit(f"{args.input}: {error}") from None
     if args.qp and "redshift_pdf" not in predictions:

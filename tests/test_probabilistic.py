@@ -726,3 +726,28 @@ def test_uncertainties_do_not_depend_on_how_the_rows_are_split(gaussian_model):
     assert whole["redshift_pdf"].shape == (PDF_ROWS + 88, DEFAULT_REDSHIFT_GRID.size)
     for key in ("redshift_pdf", "redshift", "redshift_std", "redshift_p16", "redshift_p84"):
         np.testing.assert_allclose(split[key], whole[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_return_pdf_false_leaves_out_only_the_pdf(gaussian_model, tmp_path):
+    """Without the pdf (what `mosaic-predict --uncertainty` asks for unless --qp) every other output is the same,
+    in Python and through the CLI; a grid with the pdf turned off is refused by name."""
+    lsst = random_columns(np.random.default_rng(13), 50)["lsst"]
+    lsst[::4, 2] = np.nan
+    asked = dict(targets=["redshift", "log_stellar_mass"], return_uncertainty=True, num_samples=3)
+    full = gaussian_model.predict({"lsst": lsst}, **asked)
+    lean = gaussian_model.predict({"lsst": lsst}, **asked, return_pdf=False)
+    assert set(full) - set(lean) == {"redshift_pdf"} and set(lean) <= set(full)
+    for key in lean:
+        np.testing.assert_array_equal(lean[key], full[key], err_msg=key)
+    with pytest.raises(ValueError, match="redshift_grid.*return_pdf=False"):
+        gaussian_model.predict({"lsst": lsst}, targets=["redshift"], redshift_grid=GRID, return_pdf=False)
+
+    gaussian_model.save_pretrained(tmp_path / "model")
+    pq.write_table(pa.table({"lsst": list(lsst)}), tmp_path / "in.parquet")
+    tables = []
+    for extra in ([], ["--qp", str(tmp_path / "z.hdf5")]):
+        out = tmp_path / f"out{len(extra)}.parquet"
+        assert predict_cli.main(["--model", str(tmp_path / "model"), "--input", str(tmp_path / "in.parquet"),
+                                 "--output", str(out), "--uncertainty", *extra]) == 0
+        tables.append(pq.read_table(out))
+    assert tables[0].equals(tables[1])
