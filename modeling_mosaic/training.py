@@ -356,9 +356,10 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
     keep_freed_memory()
     if training_args.push_to_hub and training_args.hub_strategy != "end":
-        raise ValueError(f"--hub_strategy {training_args.hub_strategy.value}: pushing during training uploads the Trainer's "
-                         "pickles (its arguments, with any --hub_token, and for the checkpoint strategies the "
-                         "optimiser state); MOSAIC pushes the safetensors model once, at the end: --hub_strategy end")
+        raise ValueError(f"--hub_strategy {training_args.hub_strategy.value}: pushing during training uploads the "
+                         "Trainer's pickles (its arguments, with any --hub_token, and for the checkpoint strategies "
+                         "the optimiser state); MOSAIC pushes the safetensors model once, at the end: "
+                         "--hub_strategy end")
     if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
         raise ValueError("--dataloader_persistent_workers: the masks change every epoch through the collator, and "
                          "persistent workers would keep their copy of the first epoch's; leave it false")

@@ -733,7 +733,7 @@ def test_return_pdf_false_leaves_out_only_the_pdf(gaussian_model, tmp_path):
     in Python and through the CLI; a grid with the pdf turned off is refused by name."""
     lsst = random_columns(np.random.default_rng(13), 50)["lsst"]
     lsst[::4, 2] = np.nan
-    asked = dict(targets=["redshift", "log_stellar_mass"], return_uncertainty=True, num_samples=3)
+    asked = {"targets": ["redshift", "log_stellar_mass"], "return_uncertainty": True, "num_samples": 3}
     full = gaussian_model.predict({"lsst": lsst}, **asked)
     lean = gaussian_model.predict({"lsst": lsst}, **asked, return_pdf=False)
     assert set(full) - set(lean) == {"redshift_pdf"} and set(lean) <= set(full)
