@@ -63,8 +63,13 @@ SHIFT_GRID = np.linspace(-1.0, 1.0, 81)
 #: blended with the identity by PIT_MAP_FLOOR, so that no bin's density ratio exceeds 1 / PIT_MAP_FLOOR.
 PIT_MAP_BINS = 16
 PIT_MAP_FLOOR = 0.01
-#: Quantile levels averaged for the physical mean and std of a PIT-mapped posterior (midpoint rule).
-MAPPED_MOMENT_LEVELS = 128
+#: Gauss-Legendre nodes of the quadrature over quantile levels for the physical mean and std of a PIT-mapped
+#: posterior (`moment_levels`): per inner bin of the PIT map, and in each outer bin, where a calibrated redshift
+#: posterior's heavy tails hold much of its variance. 92 levels in all; on the demo model's PIT-mapped redshift
+#: posteriors (LSST) their std is within 0.24% (median; 3% at most) of 1,024 levels', where 128 evenly spaced
+#: levels were 36% low (median), having lost the tails beyond the outermost level.
+MOMENT_NODES_PER_BIN = 2
+MOMENT_TAIL_NODES = 32
 #: Percentiles `predict` returns with `return_uncertainty` (the median and the central 68% interval).
 PERCENTILES = (16, 50, 84)
 #: Rows of a batch whose redshift pdf is tabulated at a time: 4,096 rows of the default grid's 351 points and five
@@ -704,7 +709,7 @@ class MosaicModel(MosaicPreTrainedModel):
         return_uncertainty (gaussian head only): `name` becomes the mean of the predictive distribution in
             physical units and `name_std` its standard deviation, both by Gauss-Hermite quadrature of the
             learning-space Gaussian (mixture for redshift) pushed through the inverse learning transform (by
-            the midpoint rule over quantiles where a calibration PIT map applies); `name_p16`, `name_p50`,
+            quadrature over quantiles where a calibration PIT map applies); `name_p16`, `name_p50`,
             `name_p84` are its percentiles, exact because the transforms are monotonic (p50 is the point
             prediction returned without uncertainty, except for redshift and a PIT-mapped target). For a redshift
             target also `redshift_pdf` (N, G): the posterior density on `redshift_grid`, normalised to
@@ -1156,17 +1161,38 @@ def pit_map_slope(knots: np.ndarray, pit: np.ndarray) -> np.ndarray:
     return 1.0 / ((knots.shape[1] - 1) * widths)
 
 
+def moment_levels(bins: int = PIT_MAP_BINS, per_bin: int = MOMENT_NODES_PER_BIN,
+                  tail_nodes: int = MOMENT_TAIL_NODES) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile levels u (ascending) and weights (summing to 1) for E[g(Q(u))], u uniform on (0, 1), where the
+    quantile function Q is smooth within each of `bins` equal bins (those of a PIT map, whose inverse is linear
+    in each): Gauss-Legendre nodes in every bin, and in the two outer bins, where Q runs off to infinity, at
+    u = t^4 / bins from the open end (weight 4 t^3 dt / bins), which tames that singularity."""
+
+    def gauss_legendre(n):  # nodes and weights on (0, 1)
+        nodes, weights = np.polynomial.legendre.leggauss(n)
+        return (nodes + 1.0) / 2.0, weights / 2.0
+
+    t, dt = gauss_legendre(per_bin)
+    s, ds = gauss_legendre(tail_nodes)
+    tail, tail_weights = s**4 / bins, 4.0 * s**3 * ds / bins
+    inner = [(j + t) / bins for j in range(1, bins - 1)]
+    levels = np.concatenate([tail, *inner, 1.0 - tail[::-1]])
+    weights = np.concatenate([tail_weights, np.tile(dt / bins, bins - 2), tail_weights[::-1]])
+    return levels, weights
+
+
 def mapped_moments(modality, weights, means, sigmas, knots):
-    """Mean and std in physical units of PIT-mapped Gaussian mixtures (B, L, K) (knots (B, J)), by the
-    midpoint rule over MAPPED_MOMENT_LEVELS quantile levels."""
-    levels = (np.arange(MAPPED_MOMENT_LEVELS) + 0.5) / MAPPED_MOMENT_LEVELS
+    """Mean and std in physical units of PIT-mapped Gaussian mixtures (B, L, K) (knots (B, J)), by quadrature
+    over quantile levels (`moment_levels`)."""
+    levels, level_weights = moment_levels()
     pits = inverse_pit_map(knots, np.broadcast_to(levels, (len(knots), levels.size)))[:, None, :]
     if means.shape[-1] == 1:  # one Gaussian: closed form
         quantiles = learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :], pits)
     else:
         quantiles = tabulated_quantile(weights, means, sigmas, pits)
     values = modality.from_learning(quantiles)
-    return values.mean(axis=-1), values.std(axis=-1)
+    mean = (values * level_weights).sum(axis=-1)
+    return mean, np.sqrt((level_weights * (values - mean[..., None]) ** 2).sum(axis=-1))
 
 
 def gaussian_mixture_cdf(weights, means, sigmas, x) -> np.ndarray:
@@ -1186,7 +1212,7 @@ def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
     """Quantiles of mixtures (..., K) at many increasing levels q (..., Q) at once: read off each mixture's CDF
     tabulated on every component's own scale (QUANTILE_TABLE_NODES points mu_k + sigma_k t per component, sorted)
     by linear interpolation, then two Newton steps kept inside the table's cell (to ~1e-5 of its widest sigma): for
-    `mapped_moments`' 128 levels a fraction of `learning_quantile`'s cost."""
+    `mapped_moments`' 92 levels a fraction of `learning_quantile`'s cost."""
     nodes = np.linspace(-8.0, 8.0, QUANTILE_TABLE_NODES)
     grid = np.sort((means[..., None] + sigmas[..., None] * nodes).reshape(means.shape[:-1] + (-1,)), axis=-1)
 
