@@ -34,7 +34,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_mosaic import MosaicConfig, true_runs
-from .modalities import MODALITIES, get_modality
+from .modalities import MODALITIES, PHYSICAL_MAXIMUM, get_modality
 
 #: Normalised values are clipped to +-INPUT_CLIP so an absurd input (1e30 in a magnitude column) cannot
 #: overflow the float32 statistics of a LayerNorm; real data lies within a few tens of standard deviations.
@@ -45,15 +45,12 @@ LOG_FLOOR = 1.0e-30
 #: of it: beyond e^(+-10) standard deviations a prediction is meaningless and exp() would overflow float16.
 LOG_VARIANCE_LIMIT = 20.0
 LOG_2PI = math.log(2.0 * math.pi)
-#: Gauss-Hermite nodes for the physical mean and std of a Gaussian in learning space (exact for polynomials
-#: of degree < 64; the log transforms' exponentials converge far below that for sigma of a few dex).
-HERMITE_NODES = 32
 #: The quantiles of the redshift mixture: at most QUANTILE_STEPS safeguarded Newton steps (bisection alone would
 #: reach 2^-60 of the bracket), stopping once a step is below QUANTILE_TOLERANCE of the widest component's sigma.
 QUANTILE_STEPS = 60
 QUANTILE_TOLERANCE = 1e-10
 #: Points per component (from -8 to 8 of its sigma) of the CDF table `tabulated_quantile` inverts.
-QUANTILE_TABLE_NODES = 49
+QUANTILE_TABLE_NODES = 25
 #: `calibrate` fits on at most this many scored values per target (evenly strided over rows and elements).
 CALIBRATION_POINTS = 20_000
 #: The grids `fit_shift_and_temperature` searches: temperatures 0.2-5 (log-spaced), shifts -1..1 sigma.
@@ -63,13 +60,6 @@ SHIFT_GRID = np.linspace(-1.0, 1.0, 81)
 #: blended with the identity by PIT_MAP_FLOOR, so that no bin's density ratio exceeds 1 / PIT_MAP_FLOOR.
 PIT_MAP_BINS = 16
 PIT_MAP_FLOOR = 0.01
-#: Gauss-Legendre nodes of the quadrature over quantile levels for the physical mean and std of a PIT-mapped
-#: posterior (`moment_levels`): per inner bin of the PIT map, and in each outer bin, where a calibrated redshift
-#: posterior's heavy tails hold much of its variance. 92 levels in all; on the demo model's PIT-mapped redshift
-#: posteriors (LSST) their std is within 0.24% (median; 3% at most) of 1,024 levels', where 128 evenly spaced
-#: levels were 36% low (median), having lost the tails beyond the outermost level.
-MOMENT_NODES_PER_BIN = 2
-MOMENT_TAIL_NODES = 32
 #: Percentiles `predict` returns with `return_uncertainty` (the median and the central 68% interval).
 PERCENTILES = (16, 50, 84)
 #: Rows of a batch whose redshift pdf is tabulated at a time: 4,096 rows of the default grid's 351 points and five
@@ -707,9 +697,9 @@ class MosaicModel(MosaicPreTrainedModel):
         targets: a name or names to return; default every modality not fully given. Elements that were given
             are returned as given (with zero spread), so a fully given target comes back unchanged.
         return_uncertainty (gaussian head only): `name` becomes the mean of the predictive distribution in
-            physical units and `name_std` its standard deviation, both by Gauss-Hermite quadrature of the
-            learning-space Gaussian (mixture for redshift) pushed through the inverse learning transform (by
-            quadrature over quantiles where a calibration PIT map applies); `name_p16`, `name_p50`,
+            physical units and `name_std` its standard deviation, both in closed form (`predictive_moments`:
+            the moments of the learning-space Gaussian, mixture for redshift, pushed through the inverse learning
+            transform, and through a calibration PIT map where one applies); `name_p16`, `name_p50`,
             `name_p84` are its percentiles, exact because the transforms are monotonic (p50 is the point
             prediction returned without uncertainty, except for redshift and a PIT-mapped target). For a redshift
             target also `redshift_pdf` (N, G): the posterior density on `redshift_grid`, normalised to
@@ -722,8 +712,8 @@ class MosaicModel(MosaicPreTrainedModel):
             pdf is only as good as its grid.
         errors (models with `error_inputs` only): name -> 1-sigma errors of given inputs, in the inputs'
             physical units and shapes (asinh-magnitude errors for lsst and spherex); NaN = unknown.
-        return_pdf: False leaves `redshift_pdf` out of `return_uncertainty`'s outputs (tabulating it is about a
-            quarter of the cost of a redshift's uncertainties); the other outputs are the same.
+        return_pdf: False leaves `redshift_pdf` out of `return_uncertainty`'s outputs (tabulating it is about
+            40% of the cost of a redshift's uncertainties); the other outputs are the same.
         Returns name -> float32 arrays. The encoder runs on the tokens of the input and target modalities only,
         and its last block on the target tokens only.
         """
@@ -967,10 +957,7 @@ class MosaicModel(MosaicPreTrainedModel):
                                                                              elements)
             knots = pit_knots.get(name)
             if uncertainty:
-                if knots is None:
-                    out[name, ""], out[name, "std"] = physical_moments(modality, weights, centres, sigmas)
-                else:
-                    out[name, ""], out[name, "std"] = mapped_moments(modality, weights, centres, sigmas, knots)
+                out[name, ""], out[name, "std"] = predictive_moments(modality, weights, centres, sigmas, knots)
                 for q in PERCENTILES:
                     level = q / 100 if knots is None else inverse_pit_map(knots, np.full((len(knots), 1), q / 100))
                     out[name, f"p{q}"] = modality.from_learning(learning_quantile(weights, centres, sigmas, level))
@@ -1161,38 +1148,89 @@ def pit_map_slope(knots: np.ndarray, pit: np.ndarray) -> np.ndarray:
     return 1.0 / ((knots.shape[1] - 1) * widths)
 
 
-def moment_levels(bins: int = PIT_MAP_BINS, per_bin: int = MOMENT_NODES_PER_BIN,
-                  tail_nodes: int = MOMENT_TAIL_NODES) -> tuple[np.ndarray, np.ndarray]:
-    """Quantile levels u (ascending) and weights (summing to 1) for E[g(Q(u))], u uniform on (0, 1), where the
-    quantile function Q is smooth within each of `bins` equal bins (those of a PIT map, whose inverse is linear
-    in each): Gauss-Legendre nodes in every bin, and in the two outer bins, where Q runs off to infinity, at
-    u = t^4 / bins from the open end (weight 4 t^3 dt / bins), which tames that singularity."""
-
-    def gauss_legendre(n):  # nodes and weights on (0, 1)
-        nodes, weights = np.polynomial.legendre.leggauss(n)
-        return (nodes + 1.0) / 2.0, weights / 2.0
-
-    t, dt = gauss_legendre(per_bin)
-    s, ds = gauss_legendre(tail_nodes)
-    tail, tail_weights = s**4 / bins, 4.0 * s**3 * ds / bins
-    inner = [(j + t) / bins for j in range(1, bins - 1)]
-    levels = np.concatenate([tail, *inner, 1.0 - tail[::-1]])
-    weights = np.concatenate([tail_weights, np.tile(dt / bins, bins - 2), tail_weights[::-1]])
-    return levels, weights
-
-
-def mapped_moments(modality, weights, means, sigmas, knots):
-    """Mean and std in physical units of PIT-mapped Gaussian mixtures (B, L, K) (knots (B, J)), by quadrature
-    over quantile levels (`moment_levels`)."""
-    levels, level_weights = moment_levels()
-    pits = inverse_pit_map(knots, np.broadcast_to(levels, (len(knots), levels.size)))[:, None, :]
-    if means.shape[-1] == 1:  # one Gaussian: closed form
-        quantiles = learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :], pits)
+def predictive_moments(modality, weights, means, sigmas, knots=None):
+    """Mean and std in physical units of Gaussian mixtures (B, L, K) in learning space pushed through the modality's
+    inverse transform; with `knots` (B, J), of the PIT-mapped mixtures, whose density is the mixture's times the
+    map's slope, constant between the mixture's quantiles at the knots. Each moment is then a slope-weighted sum of
+    the mixture's partial moments between those quantiles, in closed form (`interval_moments`): no quadrature to
+    miss a calibrated photo-z posterior's heavy tails or the kink where a transform clips at its minimum."""
+    if knots is None:
+        edges, slopes = np.array([-np.inf, np.inf]), np.ones(1)
     else:
-        quantiles = tabulated_quantile(weights, means, sigmas, pits)
-    values = modality.from_learning(quantiles)
-    mean = (values * level_weights).sum(axis=-1)
-    return mean, np.sqrt((level_weights * (values - mean[..., None]) ** 2).sum(axis=-1))
+        inner = knots[:, None, 1:-1]
+        if means.shape[-1] == 1:  # one Gaussian: closed form
+            inner = learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :], inner)
+        else:
+            inner = tabulated_quantile(weights, means, sigmas, inner)
+        infinite = np.full(inner.shape[:-1] + (1,), np.inf)
+        edges = np.concatenate([-infinite, inner, infinite], axis=-1)
+        slopes = 1.0 / ((knots.shape[1] - 1) * np.diff(knots, axis=1)[:, None, :])
+    mass, first, second = (interval_moments(modality, weights, means, sigmas, edges) * slopes).sum(axis=-1)
+    mean = first / mass
+    return mean, np.sqrt(np.maximum(second / mass - mean**2, 0.0))
+
+
+def interval_moments(modality, weights, means, sigmas, edges) -> np.ndarray:
+    """The integrals of g^n f, n = 0, 1, 2, over each interval between consecutive `edges` (..., E) -> (3, ..., E - 1):
+    f a Gaussian mixture (..., K) in learning space, g the modality's inverse transform clipped to [lo, hi] (its
+    minimum and PHYSICAL_MAXIMUM): lo^n below the point x_lo where g reaches lo, hi^n above x_hi, and between them
+    the closed forms of a Gaussian's partial moments of x and x^2 (identity) or of exp(b x) and exp(2 b x),
+    b = ln 10 / scale (g = 10^(x / scale) - offset)."""
+    lo, hi = modality.minimum, PHYSICAL_MAXIMUM
+    if modality.log:
+        x_lo = modality.scale * math.log10(lo + modality.offset) if lo + modality.offset > 0 else -math.inf
+        x_hi = modality.scale * math.log10(hi + modality.offset)
+    else:
+        x_lo, x_hi = lo, hi
+    weights, means, sigmas = (a[..., None, :] for a in (weights, means, sigmas))
+    edges = np.broadcast_to(edges, means.shape[:-2] + np.shape(edges)[-1:])[..., None]
+    start, stop = edges[..., :-1, :], edges[..., 1:, :]
+
+    def z(x):
+        return (x - means) / sigmas
+
+    z0, z1 = z(np.clip(start, x_lo, x_hi)), z(np.clip(stop, x_lo, x_hi))
+    zeroth = normal_mass(z0, z1)
+    if modality.log:
+        offset, b = modality.offset, math.log(10.0) / modality.scale
+
+        def exponential(c):  # the integral of exp(c x) f(x) over the clipped interval
+            return normal_mass(z0 - c * sigmas, z1 - c * sigmas, shift=c * means + 0.5 * (c * sigmas) ** 2)
+
+        e1, e2 = exponential(b), exponential(2.0 * b)
+        first, second = e1 - offset * zeroth, e2 - 2.0 * offset * e1 + offset**2 * zeroth
+    else:
+        def density(z_, power):  # (mu + x)^power sigma phi(z) at x = mu + sigma z, 0 at +-inf
+            with np.errstate(invalid="ignore"):
+                value = (2.0 * means + sigmas * z_) ** power * sigmas * np.exp(-0.5 * z_**2)
+            return np.where(np.isfinite(z_), value / math.sqrt(2.0 * math.pi), 0.0)
+
+        first = means * zeroth + density(z0, 0) - density(z1, 0)
+        second = (means**2 + sigmas**2) * zeroth + density(z0, 1) - density(z1, 1)
+    above = normal_mass(z(np.maximum(start, x_hi)), z(np.maximum(stop, x_hi)))
+    first, second = first + hi * above, second + hi**2 * above
+    if x_lo > -math.inf:
+        below = normal_mass(z(np.minimum(start, x_lo)), z(np.minimum(stop, x_lo)))
+        first, second = first + lo * below, second + lo**2 * below
+    return (weights * np.stack([normal_mass(z(start), z(stop)), first, second])).sum(axis=-1)
+
+
+def normal_mass(u, v, shift=None) -> np.ndarray:
+    """Phi(v) - Phi(u) for u <= v, from the nearer tail and through erfc (torch's ndtr, 1 + erf, has only an absolute
+    precision: 1e-16 at -8 sigma, 0 beyond), times exp(shift) when given (then through log Phi: no overflow where
+    exp(shift) alone would)."""
+    upper = u > 0
+    near, far = np.where(upper, -u, v), np.where(upper, -v, u)
+    if shift is None:
+        def erfc(x):
+            return torch.special.erfc(torch.from_numpy(-x / math.sqrt(2.0))).numpy()
+
+        return 0.5 * (erfc(near) - erfc(far))
+
+    def log_cdf(x):
+        return torch.special.log_ndtr(torch.from_numpy(x)).numpy()
+
+    return np.exp(shift + log_cdf(near)) - np.exp(shift + log_cdf(far))
 
 
 def gaussian_mixture_cdf(weights, means, sigmas, x) -> np.ndarray:
@@ -1211,8 +1249,8 @@ def mixture_cdf_and_density(weights, means, sigmas, x) -> tuple[np.ndarray, np.n
 def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
     """Quantiles of mixtures (..., K) at many increasing levels q (..., Q) at once: read off each mixture's CDF
     tabulated on every component's own scale (QUANTILE_TABLE_NODES points mu_k + sigma_k t per component, sorted)
-    by linear interpolation, then two Newton steps kept inside the table's cell (to ~1e-5 of its widest sigma): for
-    `mapped_moments`' 92 levels a fraction of `learning_quantile`'s cost."""
+    by linear interpolation, then three Newton steps kept inside the table's cell (to ~1e-5 of its widest sigma): for
+    the inner knots of a PIT map (`predictive_moments`) a fraction of `learning_quantile`'s cost."""
     nodes = np.linspace(-8.0, 8.0, QUANTILE_TABLE_NODES)
     grid = np.sort((means[..., None] + sigmas[..., None] * nodes).reshape(means.shape[:-1] + (-1,)), axis=-1)
 
@@ -1224,28 +1262,12 @@ def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
                           for a in (table, grid))
     with np.errstate(divide="ignore", invalid="ignore"):
         x = g0 + np.clip(np.where(c1 > c0, (q - c0) / (c1 - c0), 0.5), 0.0, 1.0) * (g1 - g0)
-    for _ in range(2):
+    for _ in range(3):
         cdf, density = mixture_cdf_and_density(*mixtures, x)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             newton = x - (cdf - q) / density
         x = np.where((newton >= g0) & (newton <= g1), newton, x)
     return x
-
-
-def physical_moments(modality, weights, means, sigmas):
-    """Mean and std in physical units of a learning-space Gaussian mixture (..., K) by Gauss-Hermite
-    quadrature: E[g(y)] = sum_i w_i g(mu + sqrt(2) sigma t_i) / sqrt(pi) per component. Two passes (mean,
-    then the spread about it) so a narrow distribution far from zero loses no precision."""
-    nodes, node_weights = np.polynomial.hermite.hermgauss(HERMITE_NODES)
-    node_weights = node_weights / math.sqrt(math.pi)
-
-    def expectation(function):
-        return sum(w * (weights * function(modality.from_learning(means + math.sqrt(2.0) * sigmas * t))).sum(-1)
-                   for t, w in zip(nodes, node_weights))
-
-    mean = expectation(lambda x: x)
-    variance = expectation(lambda x: (x - mean[..., None]) ** 2)
-    return mean, np.sqrt(np.maximum(variance, 0.0))
 
 
 def learning_quantile(weights, means, sigmas, q) -> np.ndarray:

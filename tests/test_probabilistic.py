@@ -19,17 +19,14 @@ from modeling_mosaic import (
     MosaicModel,
     predict_cli,
 )
-from modeling_mosaic.modalities import asinh_magnitude
+from modeling_mosaic.modalities import PHYSICAL_MAXIMUM, asinh_magnitude
 from modeling_mosaic.modeling_mosaic import (
     DEFAULT_REDSHIFT_GRID,
-    MOMENT_NODES_PER_BIN,
-    MOMENT_TAIL_NODES,
     PDF_ROWS,
     PIT_MAP_BINS,
+    PIT_MAP_FLOOR,
     learning_quantile,
-    mapped_moments,
-    moment_levels,
-    physical_moments,
+    predictive_moments,
     tabulated_quantile,
 )
 from modeling_mosaic.noise import asinh_magnitude_error, noise_columns
@@ -336,17 +333,17 @@ def test_a_band_with_a_huge_error_counts_less():
 
 
 # ------------------------------------------------------------------------- the summaries' mathematics
-def test_physical_moments_and_quantiles_of_a_log_gaussian_are_exact():
-    """sfh is learned as log10(x + 1e-3): for y ~ N(mu, s), E[x] = 10^mu exp((s ln10)^2 / 2) - 1e-3, and the
-    percentiles are the transformed Gaussian percentiles."""
+def test_predictive_moments_and_quantiles_of_a_log_gaussian_are_exact():
+    """sfh is learned as log10(x + 1e-3): for y ~ N(mu, s) far above the clip at x = 0, E[x] = 10^mu exp((s ln10)^2
+    / 2) - 1e-3, and the percentiles are the transformed Gaussian percentiles."""
     sfh = MODALITIES["sfh"]
     mu, s = np.array([[[0.5]], [[-1.0]]]), np.array([[[0.3]], [[0.1]]])
-    mean, std = physical_moments(sfh, np.ones_like(mu), mu, s)
+    mean, std = predictive_moments(sfh, np.ones_like(mu), mu, s)
     k = (s * np.log(10.0)) ** 2
     expected_mean = 10 ** mu * np.exp(k / 2) - 1e-3
     expected_std = 10 ** mu * np.sqrt(np.exp(k) * (np.exp(k) - 1))
-    np.testing.assert_allclose(mean, expected_mean[..., 0], rtol=1e-9)
-    np.testing.assert_allclose(std, expected_std[..., 0], rtol=1e-6)
+    np.testing.assert_allclose(mean, expected_mean[..., 0], rtol=1e-12)
+    np.testing.assert_allclose(std, expected_std[..., 0], rtol=1e-10)
     np.testing.assert_allclose(learning_quantile(np.ones_like(mu), mu, s, 0.84), (mu + 0.9944579 * s)[..., 0],
                                rtol=1e-6)
     # a two-component mixture of identical Gaussians has the one Gaussian's quantiles (the mixture path)
@@ -355,27 +352,67 @@ def test_physical_moments_and_quantiles_of_a_log_gaussian_are_exact():
                                learning_quantile(np.ones_like(mu), mu, s, 0.16), atol=1e-12)
 
 
-def test_mapped_moments_under_the_identity_map_are_the_exact_moments():
-    """Through a PIT map that is the identity, the quadrature over quantiles gives the moments that Gauss-Hermite
-    gives exactly: stds to 1e-4 for the log-Gaussian SFH of the test above and to 5e-4 for 5-component mixtures of
-    narrow, separated components in log10(1 + z) (the quantile function jumps between modes inside a bin).
-    128 evenly spaced levels, as before, put these stds 3.8% and 0.36% low: they lost the tails."""
+def numerical_moments(modality, weights, means, sigmas, knots=None):
+    """Mean and std of g(y), y from a Gaussian mixture (K,) through the PIT map `knots` (default the identity),
+    by adaptive quadrature of g(y) R'(F(y)) f(y) between the mixture's quantiles at the knots (brentq), with g
+    `from_learning` itself (clips included): the reference `predictive_moments` must match."""
+    from scipy.integrate import quad
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    knots = np.linspace(0.0, 1.0, 2) if knots is None else knots
+    low, high = (means - 40 * sigmas).min(), (means + 40 * sigmas).max()
+    edges = [low] + [brentq(lambda y, u=u: (weights * norm.cdf(y, means, sigmas)).sum() - u, low, high, xtol=1e-15)
+                     for u in knots[1:-1]] + [high]
+    breaks = np.sort(np.concatenate([means + k * sigmas for k in (-8, -3, 0, 3, 8)]))
+    if modality.log:  # where g meets its lower clip
+        breaks = np.append(breaks, modality.scale * np.log10(modality.minimum + modality.offset))
+
+    def integral(function):
+        total = 0.0
+        for j, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            slope = 1.0 / ((len(knots) - 1) * (knots[j + 1] - knots[j]))
+            inside = [x for x in breaks if a < x < b]
+            def integrand(y):
+                return function(float(modality.from_learning(y))) * (weights * norm.pdf(y, means, sigmas)).sum()
+
+            value = quad(integrand, a, b, points=inside or None, limit=500, epsabs=0.0, epsrel=1e-13)[0]
+            total += slope * value
+        return total
+
+    mass = integral(lambda x: 1.0)
+    mean = integral(lambda x: x) / mass
+    return mean, np.sqrt(integral(lambda x: (x - mean) ** 2) / mass)
+
+
+def test_predictive_moments_match_quadrature_through_clips_and_pit_maps():
+    """The closed forms against adaptive quadrature of the same distributions: 5-component redshift mixtures in
+    log10(1 + z), straddling z = 0 where the transform clips (half their mass at z = 0) or not; a stellar-mass
+    Gaussian (identity transform); each plain and through a random PIT map (rtol 1e-8). Through the identity map
+    the moments are the plain ones. A posterior wider than float32's range saturates at its largest value (finite,
+    never NaN)."""
     rng = np.random.default_rng(4)
-    identity = np.tile(np.linspace(0.0, 1.0, PIT_MAP_BINS + 1), (2, 1))
-    sfh = MODALITIES["sfh"]
-    mu, s = np.array([[[0.5]], [[-1.0]]]), np.array([[[0.3]], [[0.1]]])
-    cases = [(sfh, np.ones_like(mu), mu, s, 5e-5, 1e-4),
-             (MODALITIES["redshift"], rng.dirichlet(np.ones(5), (2, 1)), rng.normal(0.3, 0.1, (2, 1, 5)),
-              np.exp(rng.normal(-3.0, 0.5, (2, 1, 5))), 3e-4, 5e-4)]
-    for modality, weights, means, sigmas, mean_rtol, std_rtol in cases:
-        exact_mean, exact_std = physical_moments(modality, weights, means, sigmas)
-        mean, std = mapped_moments(modality, weights, means, sigmas, identity)
-        np.testing.assert_allclose(mean, exact_mean, rtol=mean_rtol)
-        np.testing.assert_allclose(std, exact_std, rtol=std_rtol)
-    levels, level_weights = moment_levels()
-    assert levels.size == (PIT_MAP_BINS - 2) * MOMENT_NODES_PER_BIN + 2 * MOMENT_TAIL_NODES
-    assert np.all(np.diff(levels) > 0)
-    assert level_weights.sum() == pytest.approx(1.0, abs=1e-14) and 0.0 < levels[0] and levels[-1] < 1.0
+    redshift = MODALITIES["redshift"]
+    cases = [(redshift, rng.dirichlet(np.ones(5)), rng.normal(0.3, 0.1, 5), np.exp(rng.normal(-3.0, 0.5, 5))),
+             (redshift, rng.dirichlet(np.ones(5)), rng.normal(0.0, 0.01, 5), np.exp(rng.normal(-4.0, 0.5, 5))),
+             (MODALITIES["log_stellar_mass"], np.ones(1), np.array([10.3]), np.array([0.04]))]
+    identity = np.linspace(0.0, 1.0, PIT_MAP_BINS + 1)
+    pit_map = np.concatenate([[0.0], np.sort(rng.uniform(0.0, 1.0, PIT_MAP_BINS - 1)), [1.0]])
+    pit_map = (1.0 - PIT_MAP_FLOOR) * pit_map + PIT_MAP_FLOOR * identity
+    for modality, weights, means, sigmas in cases:
+        mixture = (weights[None, None], means[None, None], sigmas[None, None])
+        plain = predictive_moments(modality, *mixture)
+        through_identity = predictive_moments(modality, *mixture, identity[None])
+        mapped = predictive_moments(modality, *mixture, pit_map[None])
+        np.testing.assert_allclose(np.ravel(through_identity), np.ravel(plain), rtol=1e-9)
+        np.testing.assert_allclose(np.ravel(plain), numerical_moments(modality, weights, means, sigmas), rtol=1e-8)
+        np.testing.assert_allclose(np.ravel(mapped), numerical_moments(modality, weights, means, sigmas, pit_map),
+                                   rtol=1e-8)
+    straddling = cases[1]
+    assert 0.2 < (straddling[1] * (straddling[2] < 0)).sum() < 0.8  # the clip at z = 0 is exercised
+    sed = MODALITIES["sed"]
+    mean, std = predictive_moments(sed, np.ones((1, 1, 1)), np.full((1, 1, 1), 36.0), np.full((1, 1, 1), 8.0))
+    assert np.isfinite([mean, std]).all() and 0.0 < mean[0, 0] <= PHYSICAL_MAXIMUM and std[0, 0] <= PHYSICAL_MAXIMUM
 
 
 def test_mixture_quantiles_match_a_root_finder_for_separated_modes_and_extreme_levels():
@@ -398,14 +435,13 @@ def test_mixture_quantiles_match_a_root_finder_for_separated_modes_and_extreme_l
             root = brentq(lambda y: (w * norm.cdf((y - m) / s)).sum() - q, (m - 12 * s).min(), (m + 12 * s).max(),
                           xtol=1e-14, rtol=1e-14)
             assert abs(got[i, 0, j] - root) <= 1e-9 * s.max(), (i, q)
-    # the table inversion that mapped_moments uses for its levels per mixture agrees to 1e-5 sigma between the
-    # levels 1e-3 and 1 - 1e-3, and to 1e-2 sigma beyond, down to 2e-13 (26 levels of 0.002 weight in all)
-    levels, level_weights = moment_levels()
+    # the table inversion that predictive_moments uses for the inner knots of a PIT map (whose levels lie at least
+    # PIT_MAP_FLOOR / PIT_MAP_BINS from 0 and 1) agrees to 2e-5 sigma
+    edge = PIT_MAP_FLOOR / PIT_MAP_BINS
+    levels = np.concatenate([[edge, 1e-3], np.linspace(0.01, 0.99, 13), [1 - 1e-3, 1 - edge]])
     table = tabulated_quantile(weights, means, sigmas, np.broadcast_to(levels, (40, 1, levels.size)))
     newton = learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :], levels)
-    error = np.abs(table - newton) / sigmas.max(axis=-1, keepdims=True)
-    deep = (levels < 1e-3) | (levels > 1 - 1e-3)
-    assert error[..., ~deep].max() < 1e-5 and error.max() < 1e-2 and level_weights[deep].sum() < 2.1e-3
+    assert (np.abs(table - newton) / sigmas.max(axis=-1, keepdims=True)).max() < 2e-5
 
 
 def test_uncertainty_outputs_have_the_right_keys_shapes_and_are_never_nan(gaussian_model):
