@@ -1186,10 +1186,10 @@ def interval_moments(modality, weights, means, sigmas, edges) -> np.ndarray:
     edges = np.broadcast_to(edges, means.shape[:-2] + np.shape(edges)[-1:])[..., None]
     start, stop = edges[..., :-1, :], edges[..., 1:, :]
 
-    def z(x):
+    def standardised(x):
         return (x - means) / sigmas
 
-    z0, z1 = z(np.clip(start, x_lo, x_hi)), z(np.clip(stop, x_lo, x_hi))
+    z0, z1 = standardised(np.clip(start, x_lo, x_hi)), standardised(np.clip(stop, x_lo, x_hi))
     zeroth = normal_mass(z0, z1)
     if modality.log:
         offset, b = modality.offset, math.log(10.0) / modality.scale
@@ -1200,19 +1200,19 @@ def interval_moments(modality, weights, means, sigmas, edges) -> np.ndarray:
         e1, e2 = exponential(b), exponential(2.0 * b)
         first, second = e1 - offset * zeroth, e2 - 2.0 * offset * e1 + offset**2 * zeroth
     else:
-        def density(z_, power):  # (mu + x)^power sigma phi(z) at x = mu + sigma z, 0 at +-inf
+        def density(t, power):  # (mu + x)^power sigma phi(t) at x = mu + sigma t, 0 at +-inf
             with np.errstate(invalid="ignore"):
-                value = (2.0 * means + sigmas * z_) ** power * sigmas * np.exp(-0.5 * z_**2)
-            return np.where(np.isfinite(z_), value / math.sqrt(2.0 * math.pi), 0.0)
+                value = (2.0 * means + sigmas * t) ** power * sigmas * np.exp(-0.5 * t**2)
+            return np.where(np.isfinite(t), value / math.sqrt(2.0 * math.pi), 0.0)
 
         first = means * zeroth + density(z0, 0) - density(z1, 0)
         second = (means**2 + sigmas**2) * zeroth + density(z0, 1) - density(z1, 1)
-    above = normal_mass(z(np.maximum(start, x_hi)), z(np.maximum(stop, x_hi)))
+    above = normal_mass(standardised(np.maximum(start, x_hi)), standardised(np.maximum(stop, x_hi)))
     first, second = first + hi * above, second + hi**2 * above
     if x_lo > -math.inf:
-        below = normal_mass(z(np.minimum(start, x_lo)), z(np.minimum(stop, x_lo)))
+        below = normal_mass(standardised(np.minimum(start, x_lo)), standardised(np.minimum(stop, x_lo)))
         first, second = first + lo * below, second + lo**2 * below
-    return (weights * np.stack([normal_mass(z(start), z(stop)), first, second])).sum(axis=-1)
+    return (weights * np.stack([normal_mass(standardised(start), standardised(stop)), first, second])).sum(axis=-1)
 
 
 def normal_mass(u, v, shift=None) -> np.ndarray:
