@@ -51,7 +51,8 @@ QUANTILE_STEPS = 60
 QUANTILE_TOLERANCE = 1e-10
 #: Points per component (from -8 to 8 of its sigma) of the CDF table `tabulated_quantile` inverts.
 QUANTILE_TABLE_NODES = 25
-#: `calibrate` fits on at most this many scored values per target (evenly strided over rows and elements).
+#: `calibrate` fits a shift and a temperature on at most this many scored values per target (evenly strided over
+#: rows and elements); a scalar's PIT map on all of its rows.
 CALIBRATION_POINTS = 20_000
 #: The grids `fit_shift_and_temperature` searches: temperatures 0.2-5 (log-spaced), shifts -1..1 sigma.
 TEMPERATURE_GRID = np.exp(np.linspace(math.log(0.2), math.log(5.0), 161))
@@ -932,10 +933,10 @@ class MosaicModel(MosaicPreTrainedModel):
         for name in targets:
             if not scored[name].any():
                 continue
-            parts = [np.concatenate(p)[::stride[name]] for p in zip(*pooled[name])]
-            t, d = fit_shift_and_temperature(*parts)
+            parts = [np.concatenate(p) for p in zip(*pooled[name])]
+            t, d = fit_shift_and_temperature(*(p[::stride[name]] for p in parts))
             fitted[name] = {"temperature": t, "shift": d}
-            if MODALITIES[name].is_scalar:
+            if MODALITIES[name].is_scalar:  # on every row: the knots' sampling noise stays in every later PIT
                 fitted[name]["pit_knots"] = fit_pit_knots(*parts, t, d).tolist()
         entry = {"given": self._given_ranges(given[0]),
                  "temperature": {n: f["temperature"] for n, f in fitted.items()},

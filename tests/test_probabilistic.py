@@ -754,6 +754,30 @@ def test_mosaic_predict_cli_writes_uncertainties_and_a_qp_ensemble(gaussian_mode
     assert not (tmp_path / "b.csv").exists()
 
 
+def test_the_pit_map_is_fitted_on_every_calibration_row(heteroscedastic, monkeypatch):
+    """The shift and the temperature are fitted on at most CALIBRATION_POINTS strided values, but a scalar's PIT
+    map on every row: its knots are the quantiles of all the held-out PIT values after the shift and the
+    temperature (those `cdf` gives once the map is removed). Fitted on a stride, the knots would carry the
+    noise of the smaller sample into every later PIT (a perfectly calibrated model's PIT through a 16-bin map of
+    20,000 rows shows KS >= 0.012 on 20,583 test galaxies in ~9% of draws; 0.0091 is an exact map's 95% point)."""
+    import copy
+
+    from modeling_mosaic import modeling_mosaic
+
+    monkeypatch.setattr(modeling_mosaic, "CALIBRATION_POINTS", 300)
+    model = copy.deepcopy(heteroscedastic[0])
+    rng = np.random.default_rng(5)
+    x = rng.uniform(11.0, 14.0, 3000)
+    truth = toy_stellar_mass(rng, x, noise_factor=1.3)
+    knots = model.calibrate({"log_halo_mass": x}, {"log_stellar_mass": truth})["log_stellar_mass"]["pit_knots"]
+    del model.config.calibration[0]["pit_knots"]
+    pit = model.cdf({"log_halo_mass": x}, {"log_stellar_mass": truth})["log_stellar_mass"]
+    levels = np.linspace(0.0, 1.0, PIT_MAP_BINS + 1)
+    expected = np.quantile(pit, levels)
+    expected[0], expected[-1] = 0.0, 1.0
+    np.testing.assert_allclose(knots, (1.0 - PIT_MAP_FLOOR) * expected + PIT_MAP_FLOOR * levels, atol=1e-5)
+
+
 def test_calibrate_and_cdf_do_not_depend_on_the_batch_size(gaussian_model):
     """Fitted over several batches, the calibration (shift, temperature, PIT knots per target) and the CDFs read
     with it are those of one batch: each batch encodes the same rows the same way, and the scored rows of every
