@@ -426,13 +426,6 @@ def mixture_log_density(mixture, y):
     return torch.logsumexp(torch.log_softmax(logits, dim=-1) + component, dim=-1)
 
 
-def mixture_cdf(mixture, y):
-    """CDF of the mixtures (B, 3, K) at points y (B, G) -> (B, G)."""
-    logits, means, log_scales = (part[:, None] for part in mixture.unbind(dim=1))
-    standardised = (y[..., None] - means) * torch.exp(-log_scales)
-    return (torch.softmax(logits, dim=-1) * torch.special.ndtr(standardised)).sum(dim=-1)
-
-
 def mixture_moments(mixture):
     """Mean and log-variance (B,) of the mixtures (B, 3, K)."""
     logits, means, log_scales = mixture.float().unbind(dim=1)
@@ -957,8 +950,11 @@ class MosaicModel(MosaicPreTrainedModel):
             modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
                                                                              elements)
             knots = pit_knots.get(name)
+            pdf = name == "redshift" and grid is not None
+            mapped = knots is not None and (uncertainty or pdf)
+            inner = knot_quantiles(weights, centres, sigmas, knots) if mapped else None  # where R' changes
             if uncertainty:
-                out[name, ""], out[name, "std"] = predictive_moments(modality, weights, centres, sigmas, knots)
+                out[name, ""], out[name, "std"] = predictive_moments(modality, weights, centres, sigmas, knots, inner)
                 for q in PERCENTILES:
                     level = q / 100 if knots is None else inverse_pit_map(knots, np.full((len(knots), 1), q / 100))
                     out[name, f"p{q}"] = modality.from_learning(learning_quantile(weights, centres, sigmas, level))
@@ -970,8 +966,8 @@ class MosaicModel(MosaicPreTrainedModel):
                 levels = inverse_pit_map(knots, uniform)[:, None, :]
                 out[name, "samples"] = modality.from_learning(learning_quantile(
                     weights[..., None, :], centres[..., None, :], sigmas[..., None, :], levels))
-        if grid is not None:
-            out["redshift", "pdf"] = self._redshift_pdf(mixture, grid, pit_knots.get("redshift"))
+            if pdf:
+                out[name, "pdf"] = self._redshift_pdf(mixture, grid, knots, inner)
         return out
 
     def _learning_distribution(self, name, means, log_variances, mixture, elements):
@@ -990,22 +986,28 @@ class MosaicModel(MosaicPreTrainedModel):
         sigmas = np.exp(0.5 * log_variances[:, columns].double().cpu().numpy()) * std
         return MODALITIES[name], np.ones(centres.shape + (1,)), centres[..., None], sigmas[..., None]
 
-    def _redshift_pdf(self, mixture, grid, pit_knots=None) -> np.ndarray:
+    def _redshift_pdf(self, mixture, grid, pit_knots=None, inner=None) -> np.ndarray:
         """The redshift mixtures (B, 3, K) -> their density in z on `grid` (B, G), integrating to 1 there; with
-        `pit_knots` (B, J) times the PIT map's slope at the mixture's CDF. PDF_ROWS rows at a time."""
+        `pit_knots` (B, J) times the PIT map's slope, which is constant between `inner` (B, 1, J - 2), the
+        mixtures' learning-space quantiles at the inner knots (`knot_quantiles`). PDF_ROWS rows at a time."""
         modality, element = MODALITIES["redshift"], self.layout.redshift_element
         mean, std = float(self.layout.mean[element]), float(self.layout.std[element])
-        normalised = torch.from_numpy((modality.to_learning(grid) - mean) / std).to(mixture.device)
+        learning = modality.to_learning(grid)
+        normalised = torch.from_numpy((learning - mean) / std).to(mixture.device)
         log_jacobian = np.log(modality.scale / ((grid + modality.offset) * math.log(10.0) * std))
+        if pit_knots is not None:
+            log_slopes = -np.log((pit_knots.shape[1] - 1) * np.diff(pit_knots, axis=1))
+            # The bin of the map holding each grid point: how many of the row's knot quantiles lie at or below it.
+            bins = torch.searchsorted(torch.from_numpy(np.ascontiguousarray(inner[:, 0])),
+                                      torch.from_numpy(np.broadcast_to(learning, (len(inner), len(grid))).copy()),
+                                      right=True).numpy()
         densities = []
         for start in range(0, mixture.shape[0], PDF_ROWS):
             rows = slice(start, start + PDF_ROWS)
             part = mixture[rows].double()
-            points = normalised.expand(part.shape[0], -1)
-            log_density = mixture_log_density(part, points).cpu().numpy() + log_jacobian
+            log_density = mixture_log_density(part, normalised.expand(part.shape[0], -1)).cpu().numpy() + log_jacobian
             if pit_knots is not None:
-                cdf = mixture_cdf(part, points).cpu().numpy()
-                log_density = log_density + np.log(pit_map_slope(pit_knots[rows], cdf))
+                log_density = log_density + np.take_along_axis(log_slopes[rows], bins[rows], axis=1)
             density = np.exp(log_density - log_density.max(axis=1, keepdims=True))
             densities.append(density / trapezoid(density, grid)[:, None])
         return np.concatenate(densities)
@@ -1142,27 +1144,26 @@ def inverse_pit_map(knots: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return low + (scaled - j) * (high - low)
 
 
-def pit_map_slope(knots: np.ndarray, pit: np.ndarray) -> np.ndarray:
-    """R'(pit): each row's PIT map's slope (knots (B, J)) at PIT values (B, G), the factor on the density."""
-    j = pit_bins(knots, pit)
-    widths = np.take_along_axis(np.diff(knots, axis=1), j, axis=1)
-    return 1.0 / ((knots.shape[1] - 1) * widths)
+def knot_quantiles(weights, means, sigmas, knots) -> np.ndarray:
+    """The quantiles of mixtures (B, L, K) at the inner knots of each row's PIT map (B, J) -> (B, L, J - 2): where
+    the mapped density, the mixture's times the map's slope, changes its factor."""
+    inner = knots[:, None, 1:-1]
+    if means.shape[-1] == 1:  # one Gaussian: closed form
+        return learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :], inner)
+    return tabulated_quantile(weights, means, sigmas, inner)
 
 
-def predictive_moments(modality, weights, means, sigmas, knots=None):
+def predictive_moments(modality, weights, means, sigmas, knots=None, inner=None):
     """Mean and std in physical units of Gaussian mixtures (B, L, K) in learning space pushed through the modality's
     inverse transform; with `knots` (B, J), of the PIT-mapped mixtures, whose density is the mixture's times the
-    map's slope, constant between the mixture's quantiles at the knots. Each moment is then a slope-weighted sum of
-    the mixture's partial moments between those quantiles, in closed form (`interval_moments`): no quadrature to
-    miss a calibrated photo-z posterior's heavy tails or the kink where a transform clips at its minimum."""
+    map's slope, constant between the mixture's quantiles at the knots (`inner`, from `knot_quantiles` unless
+    given). Each moment is then a slope-weighted sum of the mixture's partial moments between those quantiles, in
+    closed form (`interval_moments`): no quadrature to miss a calibrated photo-z posterior's heavy tails or the
+    kink where a transform clips at its minimum."""
     if knots is None:
         edges, slopes = np.array([-np.inf, np.inf]), np.ones(1)
     else:
-        inner = knots[:, None, 1:-1]
-        if means.shape[-1] == 1:  # one Gaussian: closed form
-            inner = learning_quantile(weights[..., None, :], means[..., None, :], sigmas[..., None, :], inner)
-        else:
-            inner = tabulated_quantile(weights, means, sigmas, inner)
+        inner = knot_quantiles(weights, means, sigmas, knots) if inner is None else inner
         infinite = np.full(inner.shape[:-1] + (1,), np.inf)
         edges = np.concatenate([-infinite, inner, infinite], axis=-1)
         slopes = 1.0 / ((knots.shape[1] - 1) * np.diff(knots, axis=1)[:, None, :])
@@ -1251,7 +1252,7 @@ def tabulated_quantile(weights, means, sigmas, q) -> np.ndarray:
     """Quantiles of mixtures (..., K) at many increasing levels q (..., Q) at once: read off each mixture's CDF
     tabulated on every component's own scale (QUANTILE_TABLE_NODES points mu_k + sigma_k t per component, sorted)
     by linear interpolation, then three Newton steps kept inside the table's cell (to ~1e-5 of its widest sigma): for
-    the inner knots of a PIT map (`predictive_moments`) a fraction of `learning_quantile`'s cost."""
+    the inner knots of a PIT map (`knot_quantiles`) a fraction of `learning_quantile`'s cost."""
     nodes = np.linspace(-8.0, 8.0, QUANTILE_TABLE_NODES)
     grid = np.sort((means[..., None] + sigmas[..., None] * nodes).reshape(means.shape[:-1] + (-1,)), axis=-1)
 

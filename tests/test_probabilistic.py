@@ -819,6 +819,32 @@ def test_uncertainties_do_not_depend_on_how_the_rows_are_split(gaussian_model):
         np.testing.assert_allclose(split[key], whole[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
+def test_a_calibrated_redshift_pdf_is_the_derivative_of_its_calibrated_cdf(gaussian_model):
+    """Through a PIT map R the posterior's CDF is R(F(z)) and its density R'(F(z)) f(z): the pdf `predict`
+    tabulates (with or without the moments) must be the slope of what `cdf` gives, the map's bins included, on
+    every grid point away from where R(F) crosses a knot level j / PIT_MAP_BINS (there the slope jumps)."""
+    import copy
+
+    rng = np.random.default_rng(14)
+    model = copy.deepcopy(gaussian_model)
+    calibration = random_columns(rng, 2000)
+    level = rng.uniform(size=2000) ** 1.5  # a skewed PIT, so that the map's bins differ in slope
+    model.calibrate({"lsst": calibration["lsst"]}, {"redshift": np.quantile(calibration["redshift"], level)})
+    knots = np.array(model.config.calibration[0]["pit_knots"]["redshift"])
+    assert np.ptp(np.diff(knots)) > 0.02  # far from the identity map
+    inputs = {"lsst": random_columns(rng, 40)["lsst"]}
+    fine = np.linspace(0.0, 3.5, 14001)
+    calibrated = model.cdf(inputs, {"redshift": np.broadcast_to(fine, (40, fine.size))})["redshift"]
+    slope = (calibrated[:, 2:] - calibrated[:, :-2]) / (fine[2:] - fine[:-2])
+    smooth = np.floor(calibrated[:, 2:] * PIT_MAP_BINS) == np.floor(calibrated[:, :-2] * PIT_MAP_BINS)
+    for asked in ({"return_uncertainty": True}, {}):
+        pdf = model.predict(inputs, targets=["redshift"], redshift_grid=fine, **asked)["redshift_pdf"]
+        mass = calibrated[:, -1:] - calibrated[:, :1]  # the pdf integrates to 1 over the grid, the CDF to this
+        expected = slope / mass
+        assert smooth.mean() > 0.99
+        np.testing.assert_allclose(pdf[:, 1:-1][smooth], expected[smooth], rtol=2e-3, atol=1e-3 * expected.max())
+
+
 def test_return_pdf_false_leaves_out_only_the_pdf(gaussian_model, tmp_path):
     """Without the pdf (what `mosaic-predict --uncertainty` asks for unless --qp) every other output is the same,
     in Python and through the CLI; a grid with the pdf turned off is refused by name."""
