@@ -707,7 +707,7 @@ class MosaicModel(MosaicPreTrainedModel):
         errors (models with `error_inputs` only): name -> 1-sigma errors of given inputs, in the inputs'
             physical units and shapes (asinh-magnitude errors for lsst and spherex); NaN = unknown.
         return_pdf: False leaves `redshift_pdf` out of `return_uncertainty`'s outputs (tabulating it is about
-            40% of the cost of a redshift's uncertainties); the other outputs are the same.
+            30% of the cost of a redshift's uncertainties); the other outputs are the same.
         Returns name -> float32 arrays. The encoder runs on the tokens of the input and target modalities only,
         and its last block on the target tokens only.
         """
