@@ -38,6 +38,15 @@ def noise_columns(config) -> list[str]:
             for kind in ("flux_true", "flux_err")]
 
 
+def error_columns(modalities, error_inputs: bool = True) -> list[str]:
+    """The catalog columns the measurement errors of the photometry among `modalities` are computed from
+    (`evaluation.conditions.Condition.errors`): its measured and true fluxes and flux errors; none for a model
+    without `error_inputs`."""
+    if not error_inputs:
+        return []
+    return [f"{n}_{kind}" for n in NOISY_MODALITIES if n in modalities for kind in ("flux", "flux_true", "flux_err")]
+
+
 def noise_draws(seed: int, epoch: int, galaxy_ids, num: int) -> tuple[np.ndarray, np.ndarray]:
     """From the noise stream: one uniform per galaxy (its noise scale) and (len(galaxy_ids), num) standard
     normals (Box-Muller on pairs of uniforms)."""
@@ -71,4 +80,5 @@ def noisy_photometry(columns, config, seed: int, epoch: int, galaxy_ids) -> tupl
     return magnitudes, errors
 
 
-__all__ = ["NOISY_MODALITIES", "asinh_magnitude_error", "noise_columns", "noise_draws", "noisy_photometry"]
+__all__ = ["NOISY_MODALITIES", "asinh_magnitude_error", "error_columns", "noise_columns", "noise_draws",
+           "noisy_photometry"]

@@ -260,21 +260,21 @@ def prepare_calibration_catalog(data_args, training_path: str) -> str | None:
     return prepare_catalog(replace(data_args, data_path=path, catalog_seed=seed))
 
 
-def calibration_split(path: str, rows: int | None, modalities):
+def calibration_split(path: str, rows: int | None, columns):
     """The last `rows` (default all) train rows of the calibration catalog, checked before any training."""
     from .catalog.io import load_catalog
 
     data = load_catalog(path, split="train")
-    check_columns(data, modalities, path)
+    check_columns(data, columns, path)
     rows = rows or len(data)
     if rows > len(data):
         raise ValueError(f"--calibration_rows {rows}: the train split of {path} has only {len(data)} rows")
     return data.select(range(len(data) - rows, len(data)))
 
 
-def check_columns(dataset, modalities, where: str) -> None:
+def check_columns(dataset, columns, where: str) -> None:
     """Fail before training if the catalog lacks a column the model needs."""
-    missing = [c for c in (*modalities, "galaxy_id") if c not in dataset.column_names]
+    missing = [c for c in (*columns, "galaxy_id") if c not in dataset.column_names]
     if missing:
         raise ValueError(f"catalog {where} has no column(s) {', '.join(missing)}; it has {', '.join(dataset.column_names)}")
 
@@ -351,7 +351,7 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     from .catalog.io import load_catalog, read_normalization
     from .configuration_mosaic import MosaicConfig
     from .masking import MosaicMaskingCollator
-    from .noise import noise_columns
+    from .noise import error_columns, noise_columns
 
     MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
     keep_freed_memory()
@@ -367,9 +367,11 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         path = prepare_catalog(data_args)
         train = load_catalog(path, split="train")
         calibration_path = prepare_calibration_catalog(data_args, path)
-    check_columns(train, model_args.modalities, path)
-    calibration = (calibration_split(calibration_path, data_args.calibration_rows, model_args.modalities)
-                   if calibration_path else None)
+    # Calibrating a model with error inputs at the end gives it the errors of the held-out photometry.
+    needed = [*model_args.modalities, *error_columns(model_args.modalities,
+                                                     model_args.error_inputs and model_args.head_type == "gaussian")]
+    check_columns(train, needed, path)
+    calibration = calibration_split(calibration_path, data_args.calibration_rows, needed) if calibration_path else None
     n_val = min(data_args.validation_size, len(train) // 5)
     n_train = len(train) - n_val
     if data_args.max_train_samples:
@@ -417,7 +419,8 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         from .evaluation.conditions import calibrate_for_conditions
 
         unseen = val if calibration is None else calibration
-        held_out = unseen.with_format("numpy", columns=list(config.modalities))[:]
+        held_out = unseen.with_format("numpy", columns=[*config.modalities,
+                                                        *error_columns(config.modalities, config.error_inputs)])[:]
         fitted = calibrate_for_conditions(trainer.model.eval(), held_out)
         metrics.update({f"calibration_{c}_{t}_{k}": v for c, ts in fitted.items() for t, f in ts.items()
                         for k, v in f.items() if t in ("redshift", "log_stellar_mass")})

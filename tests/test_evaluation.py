@@ -22,7 +22,7 @@ from modeling_mosaic.evaluation.baselines import (
 )
 from modeling_mosaic.evaluation.conditions import CONDITIONS, SFH_LATE, Condition, get_condition
 from modeling_mosaic.evaluation.report import read_split
-from modeling_mosaic.modalities import MODALITIES, MODALITY_NAMES, SFH_TIME_GYR
+from modeling_mosaic.modalities import MODALITIES, MODALITY_NAMES, SFH_TIME_GYR, asinh_magnitude
 
 N_TRAIN, N_TEST = 240, 120
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -174,6 +174,74 @@ def test_condition_needs_its_columns_and_valid_masks():
         Condition("bad", "an SFH mask of the wrong length", given=("lsst",), partial={"sfh": np.ones(10, bool)})
     with pytest.raises(ValueError, match="unknown modality"):
         Condition("bad", "an unknown modality", given=("gaia",))
+
+
+def noisy_photometry_columns(n: int, seed: int) -> dict:
+    """Fluxes, true fluxes and flux errors of both photometric modalities: the odd rows measured with noise, the
+    even rows noise-free (measured = true), as a catalog built with or without noise stores them."""
+    rng = np.random.default_rng(seed)
+    columns = {}
+    for name in ("lsst", "spherex"):
+        length = MODALITIES[name].length
+        true = rng.uniform(10.0, 2000.0, (n, length))
+        error = rng.uniform(5.0, 50.0, (n, length))
+        noisy = (np.arange(n) % 2 == 1)[:, None]
+        columns.update({f"{name}_flux_true": true.astype(np.float32), f"{name}_flux_err": error.astype(np.float32),
+                        f"{name}_flux": np.where(noisy, true + error * rng.normal(size=true.shape), true)
+                        .astype(np.float32)})
+        columns[name] = asinh_magnitude(columns[f"{name}_flux"], MODALITIES[name].softening_njy).astype(np.float32)
+    return columns
+
+
+def test_condition_errors_are_the_asinh_magnitude_errors_of_the_measured_photometry():
+    """The errors a condition hands an error-aware model: the asinh-magnitude error of each shown band at its
+    measured flux, zero where the catalog applied no noise (measured = true flux), none for what is not shown;
+    a catalog without the flux columns is refused by name."""
+    columns = noisy_photometry_columns(6, 0)
+    errors = get_condition("lsst+spherex").errors(columns)
+    assert sorted(errors) == ["lsst", "spherex"]
+    for name, error in errors.items():
+        softening = np.asarray(MODALITIES[name].softening_njy, dtype=np.float64)
+        flux, flux_err = (columns[f"{name}_{k}"].astype(np.float64) for k in ("flux", "flux_err"))
+        expected = 2.5 / np.log(10.0) * flux_err / np.sqrt(flux**2 + 4.0 * softening**2)
+        np.testing.assert_allclose(error[1::2], expected[1::2], rtol=1e-6)
+        assert np.all(error[0::2] == 0.0) and np.all(error[1::2] > 0.0)
+    assert sorted(get_condition("lsst+sfh_late").errors(columns)) == ["lsst"]
+    assert get_condition("stellar_mass").errors(columns) == {}
+    with pytest.raises(ValueError, match="lsst_flux_err"):
+        get_condition("lsst").errors({k: v for k, v in columns.items() if k != "lsst_flux_err"})
+
+
+def test_an_error_aware_model_is_evaluated_and_calibrated_with_its_errors():
+    """A model trained with error inputs is scored on predictions made with the test photometry's errors, and
+    calibrated with those of the held-out photometry; a model without them is given none."""
+    import torch
+
+    from modeling_mosaic import MosaicConfig, MosaicModel
+    from modeling_mosaic.evaluation.conditions import calibrate_for_conditions
+    from modeling_mosaic.evaluation.report import evaluate_model
+
+    torch.manual_seed(0)
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+    model = MosaicModel(MosaicConfig(**tiny, head_type="gaussian", error_inputs=True)).eval()
+    test = {**fake_catalog(64, 3), **noisy_photometry_columns(64, 3)}
+    condition = get_condition("lsst+spherex")
+    _, predictions, _, _ = evaluate_model(model, test, [condition], batch_size=32)
+    inputs, errors = condition.inputs(test), condition.errors(test)
+    with_errors = model.predict(inputs, targets=["redshift"], errors=errors, return_uncertainty=True, batch_size=32)
+    without = model.predict(inputs, targets=["redshift"], return_uncertainty=True, batch_size=32)
+    # (the evaluation asks for every hidden modality at once: the same posteriors, rounded differently)
+    np.testing.assert_allclose(predictions["lsst+spherex"]["redshift"], with_errors["redshift_p50"], rtol=1e-6)
+    assert np.abs(with_errors["redshift_p50"] - without["redshift_p50"]).max() > 1e-3  # the errors matter
+
+    calls = []
+    model.calibrate = lambda inputs, truth, errors=None: calls.append(errors) or {}
+    calibrate_for_conditions(model, test, [condition, get_condition("stellar_mass")])
+    assert sorted(calls[0]) == ["lsst", "spherex"] and calls[1] == {}
+    np.testing.assert_array_equal(calls[0]["spherex"], errors["spherex"])
+    model.config.error_inputs = False
+    calibrate_for_conditions(model, test, [condition])
+    assert calls[2] is None
 
 
 def test_baseline_features_are_the_learned_space_of_the_given_elements(dataset):

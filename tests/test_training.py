@@ -126,6 +126,39 @@ def test_gaussian_run_saves_calibration_for_the_figure2_queries(catalog, tmp_pat
                             "--rows", "100000"])
 
 
+def test_an_error_aware_run_is_calibrated_with_the_errors_of_the_held_out_photometry(tmp_path):
+    """With error inputs, the end-of-training calibration (on the validation rows of a noisy catalog) and
+    `mosaic-calibrate` (on the same rows) give the model the photometry's errors and agree; calibrated without
+    them (unknown errors) it would differ."""
+    from transformers import AutoModel
+
+    from modeling_mosaic.catalog.writer import build_catalog
+    from modeling_mosaic.evaluation import calibrate_cli
+    from modeling_mosaic.evaluation.conditions import get_condition
+    from modeling_mosaic.evaluation.report import read_split
+    from modeling_mosaic.noise import error_columns
+
+    catalog = str(tmp_path / "noisy")
+    build_catalog(catalog, "tiny", noise="realistic")
+    train(catalog, tmp_path / "model", "--head_type", "gaussian", "--error_inputs", "true", "--noise_on_the_fly",
+          "true", "--max_steps", "4", "--save_strategy", "no", "--validation_size", "100")
+    saved = AutoModel.from_pretrained(tmp_path / "model").config.calibration
+    assert calibrate_cli.main(["--model", str(tmp_path / "model"), "--data", catalog, "--out",
+                               str(tmp_path / "recalibrated"), "--rows", "100"]) == 0
+    model = AutoModel.from_pretrained(tmp_path / "recalibrated")
+    assert model.config.calibration == saved and len(saved) == 5
+    modalities = model.config.modalities
+    held_out = {k: v[-100:] for k, v in read_split(catalog, "train", [*modalities, *error_columns(modalities)]).items()}
+    lsst = get_condition("lsst")
+    truth = {n: held_out[n] for n in lsst.targets(modalities)}
+    fit = [model.eval().calibrate(lsst.inputs(held_out), truth, **errors)["redshift"]
+           for errors in ({"errors": lsst.errors(held_out)}, {})]
+    entry = next(e for e in saved if e["given"] == {"lsst": [[0, 6]]})
+    assert fit[0] == {"temperature": entry["temperature"]["redshift"], "shift": entry["shift"]["redshift"],
+                      "pit_knots": entry["pit_knots"]["redshift"]}
+    assert fit[1] != fit[0]  # the errors count
+
+
 def test_gaussian_run_calibrates_on_an_independent_catalog_drawn_with_another_seed(catalog, tmp_path):
     from transformers import AutoModel
 

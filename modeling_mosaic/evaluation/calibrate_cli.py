@@ -35,14 +35,16 @@ def main(argv=None) -> int:
     if not (Path(args.data) / "data").is_dir():
         raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
     from .cli import load_model
+    from ..noise import error_columns
     from .conditions import calibrate_for_conditions
-    from .report import model_modalities, read_split
+    from .report import model_modalities, read_split, uses_errors
 
     keep_freed_memory()
     model = load_model(args.model)
     if not hasattr(model, "calibrate") or getattr(model.config, "head_type", "point") != "gaussian":
         raise SystemExit(f"--model {args.model}: not a probabilistic MOSAIC model (head_type='gaussian')")
-    columns = read_split(args.data, args.split, model_modalities(model))
+    modalities = model_modalities(model)
+    columns = read_split(args.data, args.split, [*modalities, *error_columns(modalities, uses_errors(model))])
     rows = len(next(iter(columns.values())))
     if args.rows is not None and args.rows > rows:
         raise SystemExit(f"--rows {args.rows}: the {args.split} split of {args.data} has only {rows} rows")

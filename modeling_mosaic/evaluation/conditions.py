@@ -14,6 +14,7 @@ import numpy as np
 
 from ..configuration_mosaic import true_runs
 from ..modalities import MODALITIES, MODALITY_NAMES, get_modality
+from ..noise import NOISY_MODALITIES, asinh_magnitude_error, error_columns
 
 #: The cosmic time (Gyr) splitting the SFH into an "early" and a "late" window.
 SFH_CUT_GYR = 10.0
@@ -72,6 +73,21 @@ class Condition:
             inputs[name] = values
         return inputs
 
+    def errors(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's `errors` dict from catalog columns (`error_columns`): the 1-sigma asinh-magnitude errors of
+        the photometry shown, at the measured flux, as an observer knows them; zero where the measured flux is the
+        true one (a catalog stores its depth model's flux errors even when it applied no noise)."""
+        errors = {}
+        for name in (n for n in self.inputs_needed if n in NOISY_MODALITIES):
+            missing = [c for c in error_columns((name,)) if c not in columns]
+            if missing:
+                raise ValueError(f"condition {self.name!r}: the errors of {name!r} need the column(s) {missing}, "
+                                 "which the catalog lacks")
+            flux = np.asarray(columns[f"{name}_flux"], dtype=np.float64)
+            error = np.where(flux == columns[f"{name}_flux_true"], 0.0, columns[f"{name}_flux_err"])
+            errors[name] = asinh_magnitude_error(flux, error, MODALITIES[name].softening_njy).astype(np.float32)
+        return errors
+
 
 CONDITIONS: tuple[Condition, ...] = (
     Condition("lsst", "LSST ugrizy only", given=("lsst",)),
@@ -101,12 +117,15 @@ def get_condition(name: str) -> Condition:
 def calibrate_for_conditions(model, columns: Mapping[str, np.ndarray], conditions=CONDITIONS) -> dict:
     """Fit a probabilistic model's shifts and temperatures (`MosaicModel.calibrate`) for each condition it can
     run, on held-out `columns` (never the test split), for every target; returns {condition: {target:
-    {"temperature": t, "shift": d}}}."""
+    {"temperature": t, "shift": d}}}. A model with `error_inputs` is given the errors of its photometry
+    (`Condition.errors`: `columns` must then hold the `error_columns`)."""
     modalities = tuple(model.config.modalities)
     fitted = {}
     for condition in conditions:
         if not set(condition.inputs_needed) <= set(modalities):
             continue
         targets = condition.targets(modalities)
-        fitted[condition.name] = model.calibrate(condition.inputs(columns), {t: columns[t] for t in targets})
+        errors = condition.errors(columns) if model.config.error_inputs else None
+        fitted[condition.name] = model.calibrate(condition.inputs(columns), {t: columns[t] for t in targets},
+                                                 errors=errors)
     return fitted

@@ -22,6 +22,7 @@ from ..card import replace_section
 from ..catalog.io import arrow_to_numpy
 from ..modalities import MODALITY_NAMES, get_modality
 from .baselines import MAX_TRAIN, TASKS, THREADS, run_baselines, sfh_convention_ablation, subsample_rows
+from ..noise import error_columns
 from .conditions import CONDITIONS, Condition
 from .metrics.functions import (
     cdf_calibration,
@@ -168,6 +169,11 @@ def is_probabilistic(model) -> bool:
     return getattr(getattr(model, "config", None), "head_type", "point") == "gaussian"
 
 
+def uses_errors(model) -> bool:
+    """Whether the model embeds its inputs' measurement errors (`error_inputs`): it is then given them."""
+    return bool(getattr(getattr(model, "config", None), "error_inputs", False))
+
+
 def calibration(name: str, truth: np.ndarray, output: Mapping[str, np.ndarray],
                 cdf=None) -> tuple[dict, np.ndarray | None]:
     """Calibration scores of target `name` from a `predict(..., return_uncertainty=True)` output, and the
@@ -188,14 +194,14 @@ def calibration(name: str, truth: np.ndarray, output: Mapping[str, np.ndarray],
         return {"calibration_error": str(error)}, None
 
 
-def model_cdf(model, inputs: Mapping[str, np.ndarray], name: str, batch_size: int):
-    """points -> the model's calibrated CDF of `name` at them given `inputs`, or None for a model without
-    `cdf` (remote code older than it)."""
+def model_cdf(model, inputs: Mapping[str, np.ndarray], name: str, batch_size: int, **errors):
+    """points -> the model's calibrated CDF of `name` at them given `inputs` (and their `errors`), or None for a
+    model without `cdf` (remote code older than it)."""
     if not hasattr(model, "cdf"):
         return None
 
     def cdf(points):
-        return model.cdf(inputs, {name: points}, batch_size=batch_size)[name]
+        return model.cdf(inputs, {name: points}, batch_size=batch_size, **errors)[name]
 
     return cdf
 
@@ -203,15 +209,17 @@ def model_cdf(model, inputs: Mapping[str, np.ndarray], name: str, batch_size: in
 def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[Condition], batch_size: int):
     """Predict and score every target of every condition. Returns (results, predictions, predict seconds,
     redshift PIT values): results[condition][modality] = metrics; predictions[condition][modality] =
-    (galaxies, ...) float32; pits[condition] = (galaxies,) for a probabilistic model, else empty."""
+    (galaxies, ...) float32; pits[condition] = (galaxies,) for a probabilistic model, else empty. A model with
+    error inputs is given the errors of the photometry shown (`test` then holds the `error_columns`)."""
     modalities = model_modalities(model)
     probabilistic = is_probabilistic(model)
     extra = {"return_uncertainty": True, "redshift_grid": REDSHIFT_GRID} if probabilistic else {}
     results, predictions, seconds, pits = {}, {}, {}, {}
     for condition in conditions:
         targets = condition.targets(modalities)
+        errors = {"errors": condition.errors(test)} if uses_errors(model) else {}
         start = time.perf_counter()
-        output = model.predict(condition.inputs(test), targets=targets, batch_size=batch_size, **extra)
+        output = model.predict(condition.inputs(test), targets=targets, batch_size=batch_size, **errors, **extra)
         seconds[condition.name] = round(time.perf_counter() - start, 3)
         missing = [t for t in targets if t not in output]
         if missing:
@@ -228,7 +236,7 @@ def evaluate_model(model, test: Mapping[str, np.ndarray], conditions: Sequence[C
         fitted = model.calibration_for(condition.inputs(_take(test, np.arange(1)))) if calibrated else {}
         for name in CALIBRATED_TARGETS if probabilistic else ():
             if name in targets:
-                cdf = model_cdf(model, condition.inputs(test), name, batch_size)
+                cdf = model_cdf(model, condition.inputs(test), name, batch_size, **errors)
                 scores, pit = calibration(name, test[name], output, cdf)
                 results[condition.name][name].update(
                     scores, temperature=fitted.get("temperature", {}).get(name, 1.0),
@@ -288,7 +296,9 @@ def embedding_maps(model, test, conditions, batch_size: int, seed: int):
     subset = _take(test, rows)
     maps, method = {}, "PCA"
     for condition in conditions:
-        embedding = np.asarray(model.embed(condition.inputs(subset), batch_size=batch_size)["all"], dtype=np.float64)
+        errors = {"errors": condition.errors(subset)} if uses_errors(model) else {}
+        embedding = np.asarray(model.embed(condition.inputs(subset), batch_size=batch_size, **errors)["all"],
+                               dtype=np.float64)
         embedding = np.where(np.isfinite(embedding), embedding, 0.0)
         maps[condition.name], method = project_2d(embedding, seed)
     return maps, rows, method
@@ -324,7 +334,8 @@ def run_evaluation(
     modalities = model_modalities(model)
     conditions = [c for c in CONDITIONS if set(c.inputs_needed) <= set(modalities)]
     needed = set(modalities) | set(TRAIN_COLUMNS)
-    test_all = read_split(data_dir, "test", [n for n in MODALITY_NAMES if n in needed])
+    test_all = read_split(data_dir, "test", [n for n in MODALITY_NAMES if n in needed]
+                          + error_columns(modalities, uses_errors(model)))
     n_available = len(test_all["redshift"])
     test = _take(test_all, subsample_rows(n_available, max_test, seed))
     signature = test_signature(test)
