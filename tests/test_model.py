@@ -133,6 +133,18 @@ def test_subsequence_predict_matches_full_sequence(model):
     np.testing.assert_array_equal(predicted["sfh"][:, 70:], sfh[:, 70:].astype(np.float32))  # given: as given
 
 
+@pytest.mark.parametrize("targets", [["redshift"], ["redshift", "log_stellar_mass"]])
+def test_few_token_predict_matches_full_sequence(model, targets):
+    """Queries of FEW_TOKENS tokens or fewer (here 2 and 3) take `few_token_attention`, the full sequence the
+    attention interface: the same predictions."""
+    inputs = {"lsst": synthetic_columns(np.random.default_rng(6), 9)["lsst"]}
+    predicted = model.predict(inputs, targets=targets)
+    values = torch.from_numpy(model.config.flatten(inputs))
+    expected = model.config.unflatten(model.to_physical(model(values, torch.isfinite(values)).predictions), targets)
+    for name in targets:
+        np.testing.assert_allclose(predicted[name], expected[name], rtol=1e-5)
+
+
 def test_predict_costs_the_tokens_given_and_asked_for(model):
     """The blocks run the query's tokens only (LSST's six bands are one token, each scalar one), and the last block
     projects and feeds forward only the asked-for tokens, the given ones serving there as keys and values. (Their
@@ -184,6 +196,33 @@ def test_sdpa_matches_eager(model, batch):
         model.set_attn_implementation("sdpa")
     for key in ("loss", "predictions", "last_hidden_state"):
         torch.testing.assert_close(eager[key], sdpa[key], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", range(1, 5))
+def test_few_token_attention_matches_eager(tokens):
+    """The broadcast attention of short queries gives the batched products' result: every query row, a kept subset
+    of them, and keys the mask hides (given values 1e4 times the others, so a leak would show)."""
+    from modeling_mosaic.modeling_mosaic import (
+        FEW_TOKENS,
+        eager_attention_forward,
+        few_token_attention,
+        visible_attention_mask,
+    )
+
+    assert tokens <= FEW_TOKENS
+    generator = torch.Generator().manual_seed(tokens)
+    batch, heads, head_dim = 64, 4, 8
+    query, key, value = torch.randn(3, batch, tokens, heads, head_dim, generator=generator)
+    visible = torch.rand(batch, tokens, generator=generator) < 0.5
+    value = torch.where(visible[..., None, None], value, 1e4 * value)
+    mask = visible_attention_mask(visible, torch.float32)
+    module = torch.nn.Module().eval()
+    for keep in (torch.arange(tokens), torch.tensor([tokens - 1])):
+        expected, _ = eager_attention_forward(module, query[:, keep].transpose(1, 2), key.transpose(1, 2),
+                                              value.transpose(1, 2), mask[:, :, keep], scaling=head_dim**-0.5)
+        got = few_token_attention(query[:, keep], key, value, mask[:, :, keep], scaling=head_dim**-0.5)
+        assert got.shape == (batch, len(keep), heads, head_dim)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("head_type", ["point", "gaussian"])
