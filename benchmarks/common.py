@@ -44,26 +44,53 @@ def timed(fn, repeats: int = 5, warmup: int = 1, synchronize=None) -> dict:
     return {"median_s": statistics.median(runs), "min_s": min(runs), "runs_s": [round(r, 6) for r in runs]}
 
 
-def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu", repeats: int = 5) -> dict:
-    """FLOP/s of an (m, k) x (k, n) matrix product (2mkn FLOPs), median over `repeats` after one warm-up;
-    the ceiling every training and inference speed of the same process is compared with."""
+def timed_pairs(fn, reference, repeats: int = 5, warmup: int = 1) -> dict:
+    """`timed` for `fn` and `reference` run alternately, one run of each per round, so that both see the same
+    stretch of a machine whose speed drifts by 20-30% within minutes: `ratios` are reference / fn time per round
+    (the speed of `fn` relative to `reference`), `median_ratio` their median. CPU only (no synchronisation)."""
+    for _ in range(warmup):
+        fn()
+        reference()
+    runs, reference_runs = [], []
+    for _ in range(repeats):
+        for call, into in ((fn, runs), (reference, reference_runs)):
+            start = time.perf_counter()
+            call()
+            into.append(time.perf_counter() - start)
+    ratios = [r / f for f, r in zip(runs, reference_runs)]
+    return {"median_s": statistics.median(runs), "runs_s": [round(r, 6) for r in runs],
+            "reference_median_s": statistics.median(reference_runs),
+            "reference_runs_s": [round(r, 6) for r in reference_runs], "ratios": ratios,
+            "median_ratio": statistics.median(ratios)}
+
+
+def matmul_runner(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu"):
+    """A call of (m, k) x (k, n) matrix products lasting ~0.1 s at 100 GFLOP/s (a GPU: as many products) and the
+    FLOPs it does (2mkn each): the unit of the ceiling every speed of a process is compared with."""
     import torch
 
     dt = getattr(torch, dtype)
     a = torch.randn(m, k, device=device).to(dt)
     b = torch.randn(k, n, device=device).to(dt)
     out = torch.empty(m, n, device=device, dtype=dt)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else None
-    # Enough products per timed call that one call lasts ~0.1 s at 100 GFLOP/s (GPU: the same in count).
     inner = max(1, int(1e10 / (2.0 * m * k * n)))
 
     def run():
         for _ in range(inner):
             torch.mm(a, b, out=out)
 
+    return run, 2.0 * m * k * n * inner
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu", repeats: int = 5) -> dict:
+    """FLOP/s of an (m, k) x (k, n) matrix product (`matmul_runner`), median over `repeats` after one warm-up."""
+    import torch
+
+    run, flops = matmul_runner(m, k, n, dtype, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
     timing = timed(run, repeats=repeats, warmup=1, synchronize=sync)
-    return {"shape": [m, k, n], "dtype": dtype, "flops_per_s": 2.0 * m * k * n * inner / timing["median_s"],
-            "median_s": timing["median_s"] / inner}
+    return {"shape": [m, k, n], "dtype": dtype, "flops_per_s": flops / timing["median_s"],
+            "median_s": timing["median_s"] * 2.0 * m * k * n / flops}
 
 
 def peak_rss_gb() -> float:

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 from batches import model_config
-from common import matmul_rate, timed
+from common import matmul_rate, timed, timed_pairs
 from training_speed import flop_terms
 
 #: (name, target, condition of evaluation/conditions.py) of each timed query.
@@ -75,10 +75,13 @@ def block_time(model, fn) -> float:
     return spent[0]
 
 
-def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats: int, max_train: int) -> dict:
+def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats: int, max_train: int,
+                   model_call=None) -> dict:
     """Fit the evaluation's k-NN and gradient-boosting baselines on (at most `max_train`) train rows, as
     evaluation/baselines.py does (its thread limit for fitting), and time their predictions on the test rows
-    (no thread limit: the same threads the model gets)."""
+    (no thread limit: the same threads the model gets). With `model_call` (the model's prediction of the same
+    rows) k-NN's runs alternate with the model's: `model_speed_ratio` is the median over those rounds of the
+    model's speed over k-NN's, both timed in the same stretch of a machine whose speed drifts."""
     from threadpoolctl import threadpool_limits
 
     from modeling_mosaic.evaluation.baselines import (
@@ -101,6 +104,11 @@ def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats
             continue
         with threadpool_limits(THREADS):
             estimator.fit(X_train, y[rows])
+        if name == "knn" and model_call is not None:
+            paired = timed_pairs(model_call, lambda e=estimator: e.predict(X_test), repeats=repeats, warmup=1)
+            out[name] = {"batch_s": paired["reference_median_s"], "per_s": len(X_test) / paired["reference_median_s"],
+                         "model_speed_ratio": paired["median_ratio"], "model_speed_ratios": paired["ratios"]}
+            continue
         timing = timed(lambda e=estimator: e.predict(X_test), repeats=repeats, warmup=1)
         out[name] = {"batch_s": timing["median_s"], "per_s": len(X_test) / timing["median_s"]}
     return out
@@ -155,7 +163,8 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
     for name, target, condition in QUERIES:
         inputs = get_condition(condition).inputs(test)
         result[name] = {"model": model_query_speed(model, inputs, target, repeats, single_repeats),
-                        "baselines": baseline_speed(train, test, target, condition, repeats, max_train)}
+                        "baselines": baseline_speed(train, test, target, condition, repeats, max_train,
+                                                    lambda i=inputs, t=target: model.predict(i, targets=[t]))}
         # The most the encoder could do here: its matmul FLOPs per galaxy at the measured matmul rate.
         model_result = result[name]["model"]
         model_result["ceiling_per_s"] = result["matmul"]["flops_per_s"] / model_result["blocks_flops_per_galaxy"]

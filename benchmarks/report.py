@@ -54,8 +54,9 @@ def training_section(results: dict) -> str:
         text += (f"\n\nFLOP formula check (demo, forward + backward): FlopCounterMode counts "
                  f"{_g(check['ratio_counted_to_analytic'])} x the analytic 3 x forward.")
     text += ("\n\nMFU = analytic training FLOPs per second / the fp32 (bf16) rate of an (B*T, H) x (H, 4H) "
-             "matmul measured in the same process. The paper config runs at a CPU-sized batch; its per-sample "
-             "FLOPs are those of batch 2048.")
+             "matmul, the median over rounds of a step followed by a run of that matmul, so that each ratio's "
+             "two timings see the same stretch of a machine whose speed drifts (the matmul column: its median "
+             "rate). The paper config runs at a CPU-sized batch; its per-sample FLOPs are those of batch 2048.")
     return text
 
 

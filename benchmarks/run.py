@@ -64,7 +64,8 @@ PLANS = {
 TARGETS = {
     "train_mfu_fp32": ("demo training step, fraction of the measured fp32 matmul rate", ">=", 0.5),
     "infer_redshift_lsst_per_s": ("redshift from LSST, galaxies/s", ">=", 20_000),
-    "infer_over_knn": ("redshift from LSST, model speed / k-NN predict speed (same rows)", ">=", 1.0),
+    "infer_over_knn": ("redshift from LSST, model speed / k-NN predict speed (same rows, timed alternately)", ">=",
+                       1.0),
     "paper_catalog_s": ("paper catalog (205,830 rows) to Parquet, seconds", "<=", 45.0),
     "data_path_fraction": ("data path time / training step time", "<", 0.05),
     "train_peak_rss_gb": ("demo training peak resident memory, GB", "<=", 4.0),
@@ -142,7 +143,7 @@ def summary(results: dict) -> dict:
         "data_path_fraction": results["data_path"]["batch_s"] / demo["fp32"]["step_s"],
         "train_peak_rss_gb": demo["peak_rss_gb"],
     }
-    out["infer_over_knn"] = out["infer_redshift_lsst_per_s"] / out["knn_predict_per_s"]
+    out["infer_over_knn"] = redshift["baselines"]["knn"]["model_speed_ratio"]  # timed in alternation
     compiled = redshift.get("model_compiled")
     if compiled:  # the suite's --compile: the same query with compile_encoder()
         out["infer_redshift_lsst_compiled_per_s"] = compiled["per_s"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import statistics
 import time
 
 from batches import (
@@ -30,7 +31,7 @@ from batches import (
     training_collator,
     training_config,
 )
-from common import log_log_slope, matmul_rate, timed
+from common import log_log_slope, matmul_runner, timed, timed_pairs
 
 
 # --------------------------------------------------------------------------------------------- FLOPs
@@ -124,9 +125,11 @@ def train_step(model, optimizer, batch: dict, autocast_dtype=None, device_type: 
 
 
 def step_speed(config, batches: list, repeats: int, autocast_dtype=None, compile_model: bool = False,
-               fused: bool = True) -> dict:
+               fused: bool = True, ceiling_dtype: str | None = None) -> dict:
     """Median time of one optimiser step cycling through `batches`, after a first step (optimiser state,
-    compilation) and one warm-up step."""
+    compilation) and one warm-up step. With `ceiling_dtype` each step is followed by a run of the model's matmul
+    ceiling (`ceiling_shape`) in that dtype: `ceiling` is its rate and `mfu` the median over those rounds of the
+    step's FLOP/s over the ceiling's, each pair timed within a fraction of a second of each other."""
     import torch
 
     model, optimizer = make_training(config, compile_model=compile_model, fused=fused)
@@ -139,18 +142,29 @@ def step_speed(config, batches: list, repeats: int, autocast_dtype=None, compile
     start = time.perf_counter()
     step()  # the first step allocates optimiser state (and compiles)
     first_s = time.perf_counter() - start
-    timing = timed(step, repeats=repeats, warmup=1)
     batch_size = batches[0]["values"].shape[0]
     flops = training_flops_per_sample(config) * batch_size
-    return {"batch_size": batch_size, "step_s": timing["median_s"], "step_runs_s": timing["runs_s"],
-            "first_step_s": round(first_s, 3), "samples_per_s": batch_size / timing["median_s"],
-            "flops_per_step": flops, "achieved_flops_per_s": flops / timing["median_s"]}
+    if ceiling_dtype is None:
+        timing = timed(step, repeats=repeats, warmup=1)
+    else:
+        shape = ceiling_shape(config, batch_size)
+        ceiling, ceiling_flops = matmul_runner(*shape, ceiling_dtype)
+        timing = timed_pairs(step, ceiling, repeats=repeats, warmup=1)
+    result = {"batch_size": batch_size, "step_s": timing["median_s"], "step_runs_s": timing["runs_s"],
+              "first_step_s": round(first_s, 3), "samples_per_s": batch_size / timing["median_s"],
+              "flops_per_step": flops, "achieved_flops_per_s": flops / timing["median_s"]}
+    if ceiling_dtype is not None:
+        median_s = timing["reference_median_s"]
+        result["ceiling"] = {"shape": list(shape), "dtype": ceiling_dtype, "flops_per_s": ceiling_flops / median_s,
+                             "runs_s": timing["reference_runs_s"]}
+        result["mfu_by_round"] = [flops / ceiling_flops * r for r in timing["ratios"]]
+        result["mfu"] = statistics.median(result["mfu_by_round"])
+    return result
 
 
-def ceilings(config, batch_size: int, repeats: int, dtypes=("float32",)) -> dict:
-    """The matmul ceiling of this model: (B*T, H) x (H, 4H), the shape of its first MLP linear, per dtype."""
-    rows = batch_size * num_tokens(config)
-    return {d: matmul_rate(rows, config.hidden_size, 4 * config.hidden_size, d, repeats=repeats) for d in dtypes}
+def ceiling_shape(config, batch_size: int) -> tuple:
+    """The matmul ceiling of this model: (B*T, H) x (H, 4H), the shape of its first MLP linear."""
+    return batch_size * num_tokens(config), config.hidden_size, 4 * config.hidden_size
 
 
 # ----------------------------------------------------------------------------------------- workers
@@ -172,14 +186,12 @@ def training_benchmark(preset: str, catalog: str | None = None, cache_dir: str |
     batches = _batches(config, batch_size, 2, catalog, cache_dir)
     result = {"preset": preset, "threads": torch.get_num_threads(), "tokens": num_tokens(config),
               "training_flops_per_sample": training_flops_per_sample(config)}
-    dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
-    result["matmul"] = ceilings(config, batch_size, repeats, dtypes)
-    result["fp32"] = step_speed(config, batches, repeats)
-    result["fp32"]["mfu"] = result["fp32"]["achieved_flops_per_s"] / result["matmul"]["float32"]["flops_per_s"]
+    result["fp32"] = step_speed(config, batches, repeats, ceiling_dtype="float32")
+    result["matmul"] = {"float32": result["fp32"].pop("ceiling")}
     if bf16:
-        result["bf16_autocast"] = step_speed(config, batches, repeats, autocast_dtype="bfloat16")
-        result["bf16_autocast"]["mfu"] = (result["bf16_autocast"]["achieved_flops_per_s"]
-                                          / result["matmul"]["bfloat16"]["flops_per_s"])
+        result["bf16_autocast"] = step_speed(config, batches, repeats, autocast_dtype="bfloat16",
+                                             ceiling_dtype="bfloat16")
+        result["matmul"]["bfloat16"] = result["bf16_autocast"].pop("ceiling")
     if flop_check:
         # On the eager attention path, the one whose attention products FlopCounterMode can see.
         eager = model_config(preset, catalog=catalog, attn_implementation="eager")

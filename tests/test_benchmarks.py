@@ -3,6 +3,7 @@ without `datasets` or pyarrow. No test asserts a speed: speeds belong to the ben
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from batches import model_config, synthetic_batches, synthetic_columns
-from common import log_log_slope, timed
+from common import log_log_slope, timed, timed_pairs
 from training_speed import (
     flop_counter_check,
     flop_terms,
@@ -48,7 +49,15 @@ def test_quick_suite_ratios_are_consistent(quick):
     results, markdown = quick
     demo = results["train_demo"]
     fp32 = demo["fp32"]
-    assert fp32["mfu"] == pytest.approx(fp32["achieved_flops_per_s"] / demo["matmul"]["float32"]["flops_per_s"])
+    # MFU per round: the step's FLOP/s over the matmul's timed right after it; the median of those rounds
+    ceiling = demo["matmul"]["float32"]
+    per_call = ceiling["flops_per_s"] * statistics.median(ceiling["runs_s"])
+    by_round = [fp32["flops_per_step"] / step / (per_call / matmul)
+                for step, matmul in zip(fp32["step_runs_s"], ceiling["runs_s"], strict=True)]
+    assert fp32["mfu_by_round"] == pytest.approx(by_round, rel=1e-3)
+    assert fp32["mfu"] == statistics.median(fp32["mfu_by_round"])
+    knn = results["inference"]["redshift_lsst"]["baselines"]["knn"]
+    assert results["summary"]["infer_over_knn"] == statistics.median(knn["model_speed_ratios"])
     assert fp32["samples_per_s"] * fp32["step_s"] == pytest.approx(fp32["batch_size"])
     assert results["summary"]["data_path_fraction"] == pytest.approx(results["data_path"]["batch_s"] / fp32["step_s"])
     assert demo["flop_counter"]["ratio_counted_to_analytic"] == pytest.approx(1.0, rel=1e-9)
@@ -123,6 +132,26 @@ def test_log_log_slope_recovers_a_power_law():
 def test_timed_rejects_no_repeats():
     with pytest.raises(ValueError, match="repeats"):
         timed(lambda: None, repeats=0)
+
+
+def test_timed_pairs_alternates_and_takes_the_ratio_per_round(monkeypatch):
+    """On a fake clock where the machine slows down 2x between rounds, the per-round ratio stays exact (3.0)
+    while a ratio of separately timed medians would not be."""
+    import common
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+
+    def call(name, seconds):
+        def run():
+            calls.append(name)
+            clock[0] += seconds * 2.0 ** ((len(calls) - 1) // 2)  # each round twice as slow as the one before
+        return run
+
+    result = timed_pairs(call("fn", 1.0), call("reference", 3.0), repeats=3, warmup=1)
+    assert calls == ["fn", "reference"] * 4
+    assert result["ratios"] == [3.0, 3.0, 3.0] and result["median_ratio"] == 3.0
+    assert result["runs_s"] == [2.0, 4.0, 8.0] and result["reference_runs_s"] == [6.0, 12.0, 24.0]
 
 
 def test_gpu_script_cpu_fallback_needs_neither_datasets_nor_pyarrow(tmp_path):
