@@ -67,7 +67,7 @@ PERCENTILES = (16, 50, 84)
 #: components make 57 MB float64 temporaries, which the pdf pass streams through memory at half the speed.
 PDF_ROWS = 512
 #: Queries of at most this many tokens (redshift or stellar mass from LSST: two) attend through
-#: `few_token_attention`: the batched products cost 1.5-2.4x as much there, 0.9x at five tokens (4,096 galaxies).
+#: `few_token_attention`: the batched products cost 1.2-2.4x as much there, 0.9x at five tokens (4,096 galaxies).
 FEW_TOKENS = 4
 #: Redshifts at which `predict` tabulates the photo-z posterior by default.
 DEFAULT_REDSHIFT_GRID = np.linspace(0.0, 3.5, 351)
