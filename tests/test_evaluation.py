@@ -285,6 +285,28 @@ def test_metrics_json_has_the_contract_shape(evaluation):
     assert isinstance(metrics["baselines"], dict)
 
 
+def test_gold_sample_photoz_is_scored_on_the_galaxies_brighter_than_i_25_3(evaluation):
+    """Conditions that show LSST also score redshift on observed i < 25.3 alone: the same metrics as on the whole
+    split, recomputed here on those rows from the fake model's known predictions; none without LSST."""
+    from modeling_mosaic.evaluation.metrics.functions import photoz_metrics
+
+    _, metrics, test, _ = evaluation
+    i_mag = np.asarray(test["lsst"], dtype=np.float64)[:, 3]
+    gold = i_mag < 25.3
+    assert 0 < gold.sum() < N_TEST  # the fake catalog straddles the limit
+    truth = np.asarray(test["redshift"], dtype=np.float64)
+    for condition, error in (("lsst", REDSHIFT_ERROR["without"]), ("lsst+spherex", REDSHIFT_ERROR["with_spherex"])):
+        prediction = (truth + error * (-1.0) ** np.arange(N_TEST)).astype(np.float32)
+        scored = metrics["conditions"][condition]["redshift"]["gold"]
+        expected = photoz_metrics(prediction[gold], truth[gold])
+        assert scored["n_galaxies"] == expected["n_galaxies"] == gold.sum()
+        assert scored["fraction"] == pytest.approx(gold.mean())
+        assert scored["mae"] == pytest.approx(error, rel=1e-5)
+        for key in ("bias", "sigma_nmad", "outlier_rate"):
+            assert scored[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6)  # the split is read as float32
+    assert "gold" not in metrics["conditions"]["stellar_mass"]["redshift"]
+
+
 def test_scalar_maes_and_nmaes_equal_the_known_errors(evaluation):
     _, metrics, test, _ = evaluation
     c = metrics["conditions"]
