@@ -97,7 +97,6 @@ def test_inference_flops_formula_matches_the_flop_counter(inputs, target, tokens
     """The blocks' FLOPs of a query (the tokens given and asked for; the last block projects and feeds forward
     the asked-for token only), on which the suite's inference ceiling rests, are what `predict` runs. The counter
     sees matrix products only, so not the attention of a query of FEW_TOKENS tokens or fewer (broadcast products)."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from modeling_mosaic import MosaicModel

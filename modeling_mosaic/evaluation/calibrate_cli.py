@@ -34,8 +34,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--rows must be a positive integer, got {args.rows}")
     if not (Path(args.data) / "data").is_dir():
         raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
-    from .cli import load_model
     from ..noise import error_columns
+    from .cli import load_model
     from .conditions import calibrate_for_conditions
     from .report import model_modalities, read_split, uses_errors
 

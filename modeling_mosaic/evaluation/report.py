@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from ..card import replace_section
 from ..catalog.io import arrow_to_numpy
 from ..modalities import MODALITY_NAMES, get_modality
-from .baselines import MAX_TRAIN, TASKS, THREADS, run_baselines, sfh_convention_ablation, subsample_rows
 from ..noise import error_columns
+from .baselines import MAX_TRAIN, TASKS, THREADS, run_baselines, sfh_convention_ablation, subsample_rows
 from .conditions import CONDITIONS, Condition
 from .metrics.functions import (
     cdf_calibration,
