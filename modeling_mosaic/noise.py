@@ -20,6 +20,9 @@ from .modalities import MODALITIES, asinh_magnitude
 NOISY_MODALITIES = ("lsst", "spherex")
 #: The `uniforms` stream of the noise (the masks use stream 0).
 NOISE_STREAM = 1
+#: The stream of the noise an evaluation draws at chosen depths (`mosaic-evaluate --depth-scale`): independent of
+#: training's draws even for the same galaxies.
+EVALUATION_NOISE_STREAM = 2
 
 
 def asinh_magnitude_error(flux_njy, flux_err_njy, softening_njy):
@@ -47,14 +50,32 @@ def error_columns(modalities, error_inputs: bool = True) -> list[str]:
     return [f"{n}_{kind}" for n in NOISY_MODALITIES if n in modalities for kind in ("flux", "flux_true", "flux_err")]
 
 
-def noise_draws(seed: int, epoch: int, galaxy_ids, num: int) -> tuple[np.ndarray, np.ndarray]:
-    """From the noise stream: one uniform per galaxy (its noise scale) and (len(galaxy_ids), num) standard
-    normals (Box-Muller on pairs of uniforms)."""
+def noise_draws(seed: int, epoch: int, galaxy_ids, num: int,
+                stream: int = NOISE_STREAM) -> tuple[np.ndarray, np.ndarray]:
+    """From the noise stream (or another `stream`): one uniform per galaxy (its noise scale) and
+    (len(galaxy_ids), num) standard normals (Box-Muller on pairs of uniforms)."""
     from .masking import uniforms  # masking imports this module
 
-    u = uniforms(seed, epoch, galaxy_ids, 1 + 2 * num, stream=NOISE_STREAM)
+    u = uniforms(seed, epoch, galaxy_ids, 1 + 2 * num, stream=stream)
     radius = np.sqrt(-2.0 * np.log1p(-u[:, 1::2]))  # 1 - u lies in (0, 1]: the log is finite
     return u[:, 0], radius * np.cos(2.0 * math.pi * u[:, 2::2])
+
+
+def noisy_fluxes(columns, names, noise_scale, seed: int, epoch: int, galaxy_ids,
+                 stream: int = NOISE_STREAM) -> tuple[np.ndarray, dict]:
+    """One noise realisation of the fluxes of `names` (of NOISY_MODALITIES) -> (each galaxy's scale s (B,),
+    {name: (flux, its 1-sigma error s * flux_err)}), s uniform in `noise_scale` = (min, max). The columns
+    `{name}_flux_true` and `{name}_flux_err` must be present; NaN true fluxes stay NaN (missing)."""
+    lengths = [MODALITIES[n].length for n in names]
+    u_scale, normals = noise_draws(seed, epoch, galaxy_ids, sum(lengths), stream)
+    low, high = noise_scale
+    scale = low + (high - low) * u_scale
+    fluxes = {}
+    for name, start in zip(names, np.cumsum([0, *lengths[:-1]])):
+        true = np.asarray(columns[f"{name}_flux_true"], dtype=np.float64)
+        error = scale[:, None] * np.asarray(columns[f"{name}_flux_err"], dtype=np.float64)
+        fluxes[name] = (true + error * normals[:, start:start + MODALITIES[name].length], error)
+    return scale, fluxes
 
 
 def noisy_photometry(columns, config, seed: int, epoch: int, galaxy_ids) -> tuple[dict, dict]:
@@ -65,20 +86,14 @@ def noisy_photometry(columns, config, seed: int, epoch: int, galaxy_ids) -> tupl
     for column in noise_columns(config):
         if column not in columns:
             raise ValueError(f"batch: noise_on_the_fly needs the column {column!r}, which the batch lacks")
-    lengths = [MODALITIES[n].length for n in names]
-    u_scale, normals = noise_draws(seed, epoch, galaxy_ids, sum(lengths))
-    low, high = config.noise_scale
-    scale = (low + (high - low) * u_scale)[:, None]
+    _, fluxes = noisy_fluxes(columns, names, config.noise_scale, seed, epoch, galaxy_ids)
     magnitudes, errors = {}, {}
-    for name, start in zip(names, np.cumsum([0, *lengths[:-1]])):
+    for name, (flux, error) in fluxes.items():
         softening = MODALITIES[name].softening_njy
-        true = np.asarray(columns[f"{name}_flux_true"], dtype=np.float64)
-        error = scale * np.asarray(columns[f"{name}_flux_err"], dtype=np.float64)
-        flux = true + error * normals[:, start:start + MODALITIES[name].length]
         magnitudes[name] = asinh_magnitude(flux, softening).astype(np.float32)
         errors[name] = asinh_magnitude_error(flux, error, softening).astype(np.float32)
     return magnitudes, errors
 
 
-__all__ = ["NOISY_MODALITIES", "asinh_magnitude_error", "error_columns", "noise_columns", "noise_draws",
-           "noisy_photometry"]
+__all__ = ["EVALUATION_NOISE_STREAM", "NOISY_MODALITIES", "asinh_magnitude_error", "error_columns", "noise_columns", "noise_draws",
+           "noisy_fluxes", "noisy_photometry"]

@@ -244,6 +244,69 @@ def test_an_error_aware_model_is_evaluated_and_calibrated_with_its_errors():
     assert calls[2] is None
 
 
+def test_redrawn_photometry_follows_the_noise_model_at_each_galaxys_depth():
+    """`redraw_photometry` (`mosaic-evaluate --depth-scale`): at depth factor 0 the noise-free magnitudes
+    exactly; at a fixed factor s the errors are s times the catalog's and the standardised residuals are
+    N(0, 1); a galaxy's draw depends on (seed, galaxy id) alone, and on a stream of its own, not training's."""
+    from modeling_mosaic.evaluation.report import redraw_photometry
+    from modeling_mosaic.noise import NOISE_STREAM, noisy_fluxes
+
+    n = 4000
+    test = {**noisy_photometry_columns(n, 5), "galaxy_id": np.arange(n) * 7 + 3}
+    names = ("lsst", "spherex")
+    exact = redraw_photometry(test, names, (0.0, 0.0), seed=0)
+    for name in names:
+        np.testing.assert_array_equal(exact[name], asinh_magnitude(
+            test[f"{name}_flux_true"].astype(np.float64), MODALITIES[name].softening_njy).astype(np.float32))
+        assert np.all(exact[f"{name}_flux_err"] == 0.0)
+    fixed = redraw_photometry(test, names, (1.5, 1.5), seed=0)
+    assert np.all(fixed["depth_scale"] == 1.5)
+    for name in names:
+        np.testing.assert_array_equal(fixed[f"{name}_flux_err"], 1.5 * test[f"{name}_flux_err"].astype(np.float64))
+        residual = ((fixed[f"{name}_flux"] - test[f"{name}_flux_true"]) / fixed[f"{name}_flux_err"]).ravel()
+        assert abs(residual.mean()) < 5 / np.sqrt(residual.size)
+        assert abs(residual.std() - 1.0) < 5 / np.sqrt(2 * residual.size)
+        assert not np.array_equal(fixed[name], test[name])  # the stored realisation is replaced
+    varied = redraw_photometry(test, names, (0.5, 2.0), seed=0)
+    assert 0.5 <= varied["depth_scale"].min() < 0.55 and 1.95 < varied["depth_scale"].max() <= 2.0
+    reversed_rows = redraw_photometry({k: v[::-1] for k, v in test.items()}, names, (0.5, 2.0), seed=0)
+    for key in ("depth_scale", "lsst", "spherex_flux"):
+        np.testing.assert_array_equal(reversed_rows[key], varied[key][::-1])
+    assert not np.array_equal(redraw_photometry(test, names, (0.5, 2.0), seed=1)["lsst"], varied["lsst"])
+    _, training = noisy_fluxes(test, ["lsst"], (0.5, 2.0), 0, 0, test["galaxy_id"], NOISE_STREAM)
+    assert not np.array_equal(training["lsst"][0], varied["lsst_flux"])
+
+
+def test_depth_scale_scores_each_depth_bin_and_refuses_a_bad_range(dataset, tmp_path):
+    """`--depth-scale`: the test rows observed afresh and, under every condition that shows photometry, the MAE
+    in bins of the depth factor that partition the test rows (the fake model's errors are known exactly)."""
+    root, splits = dataset
+    model = FakeModel({k: np.asarray(v) for k, v in splits["test"].items()})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "load_model", lambda name, device="cpu": model)
+        cli.main(["--model", "fake", "--data", str(root), "--out", str(tmp_path), "--no-baselines", "--no-figures",
+                  "--no-ablation", "--depth-scale", "0.5", "2"])
+        with pytest.raises(SystemExit, match="--depth-scale"):
+            cli.main(["--model", "fake", "--data", str(root), "--out", str(tmp_path / "bad"),
+                      "--depth-scale", "2", "1"])
+    depth = json.loads((tmp_path / "metrics.json").read_text())["depth_scale"]
+    assert depth["range"] == [0.5, 2.0] and depth["seed"] == 0
+    assert sorted(depth["by_condition"]) == ["lsst", "lsst+sfh_early", "lsst+sfh_late", "lsst+spherex"]
+    expected = {"lsst": (REDSHIFT_ERROR["without"], MASS_ERROR["no_sfh"]),
+                "lsst+spherex": (REDSHIFT_ERROR["with_spherex"], MASS_ERROR["no_sfh"]),
+                "lsst+sfh_late": (REDSHIFT_ERROR["without"], MASS_ERROR["late_sfh"])}
+    for condition, (redshift, mass) in expected.items():
+        bins = depth["by_condition"][condition]
+        assert [b["range"] for b in bins] == [[0.5, 1.0], [1.0, 1.5], [1.5, 2.0]]
+        assert sum(b["n"] for b in bins) == N_TEST and all(b["n"] > 0 for b in bins)
+        for b in bins:
+            # (predictions are scored as float32)
+            assert b["redshift_mae"] == pytest.approx(redshift, rel=1e-5)
+            assert b["log_stellar_mass_mae"] == pytest.approx(mass, rel=1e-5)
+    assert "## Scored at per-galaxy depths" in (tmp_path / "REPORT.md").read_text()
+    assert not (tmp_path / "bad").exists()
+
+
 def test_baseline_features_are_the_learned_space_of_the_given_elements(dataset):
     test = dataset[1]["test"]
     X = condition_features(get_condition("lsst+sfh_early"), test)

@@ -1,7 +1,7 @@
 """`mosaic-evaluate`: score a MOSAIC model on a catalog's test split and write a report.
 
     mosaic-evaluate --model DIR_OR_REPO --data DIR --out DIR [--max-test N] [--no-baselines] [--no-figures]
-                    [--device cuda] [--baselines-from EARLIER/metrics.json]
+                    [--device cuda] [--baselines-from EARLIER/metrics.json] [--depth-scale MIN MAX]
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="where the model predicts: auto (cuda when available), cpu, cuda")
     parser.add_argument("--baselines-from", default=None, metavar="METRICS_JSON",
                         help="reuse the baselines and SFH ablation of an earlier evaluation of the same test rows")
+    parser.add_argument("--depth-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="score the test photometry drawn afresh from its noise-free fluxes with the catalog's "
+                             "flux errors times a per-galaxy factor uniform in [MIN, MAX] (2 = 0.75 mag shallower)")
     return parser
 
 
@@ -70,6 +73,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
     if args.baselines_from is not None and not Path(args.baselines_from).is_file():
         raise SystemExit(f"--baselines-from {args.baselines_from}: no such file")
+    if args.depth_scale is not None and not 0 <= args.depth_scale[0] <= args.depth_scale[1]:
+        raise SystemExit(f"--depth-scale must satisfy 0 <= MIN <= MAX, got {args.depth_scale[0]:g} "
+                         f"{args.depth_scale[1]:g}")
     device = resolve_device(args.device)
     from .report import run_evaluation
 
@@ -79,6 +85,7 @@ def main(argv=None) -> int:
         figures=not args.no_figures, ablation=not args.no_ablation, ablation_catalogs=args.ablation_data,
         seed=args.seed, batch_size=args.batch_size,
         max_train=args.max_train, threads=args.threads, model_name=args.model, baselines_from=args.baselines_from,
+        depth_scale=args.depth_scale,
     )
     print(f"report: {Path(args.out) / 'REPORT.md'}")
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
