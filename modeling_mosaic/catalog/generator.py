@@ -151,14 +151,19 @@ def _synthesize(options: CatalogOptions, pop: physics.Population, lsst_draw, sph
 def _block(options: CatalogOptions, block: int, lo: int, hi: int, tables: Synthesis) -> dict[str, np.ndarray]:
     """Rows [lo, hi) of block `block` (offsets within the block). The rows are synthesised in chunks aligned
     to multiples of SYNTHESIS_CHUNK, so each row meets exactly the same arithmetic (BLAS kernels and SIMD
-    paths depend on array shapes) whatever range is asked for, and shards match bit for bit."""
+    paths depend on array shapes) whatever range is asked for, and shards match bit for bit. The BLAS runs on
+    one thread: with OpenBLAS's Haswell kernels (an AVX2 machine) a catalog's SEDs and fluxes differed in
+    their last bit between one BLAS thread and two."""
+    from threadpoolctl import threadpool_limits
+
     pop, lsst_draw, spherex_draw = block_draws(options, block)
     first = lo // SYNTHESIS_CHUNK * SYNTHESIS_CHUNK
-    parts = [
-        _synthesize(options, pop.take(slice(s, s + SYNTHESIS_CHUNK)), lsst_draw[s:s + SYNTHESIS_CHUNK],
-                    spherex_draw[s:s + SYNTHESIS_CHUNK], tables)
-        for s in range(first, hi, SYNTHESIS_CHUNK)
-    ]
+    with threadpool_limits(limits=1, user_api="blas"):
+        parts = [
+            _synthesize(options, pop.take(slice(s, s + SYNTHESIS_CHUNK)), lsst_draw[s:s + SYNTHESIS_CHUNK],
+                        spherex_draw[s:s + SYNTHESIS_CHUNK], tables)
+            for s in range(first, hi, SYNTHESIS_CHUNK)
+        ]
     out = {k: np.concatenate([p[k] for p in parts])[lo - first: hi - first] for k in parts[0]}
     out["galaxy_id"] = np.arange(block * BLOCK_SIZE + lo, block * BLOCK_SIZE + hi, dtype=np.int64)
     return {c.name: np.ascontiguousarray(out[c.name], dtype=c.dtype) for c in COLUMNS}
