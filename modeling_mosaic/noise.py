@@ -95,5 +95,5 @@ def noisy_photometry(columns, config, seed: int, epoch: int, galaxy_ids) -> tupl
     return magnitudes, errors
 
 
-__all__ = ["EVALUATION_NOISE_STREAM", "NOISY_MODALITIES", "asinh_magnitude_error", "error_columns", "noise_columns", "noise_draws",
-           "noisy_fluxes", "noisy_photometry"]
+__all__ = ["EVALUATION_NOISE_STREAM", "NOISY_MODALITIES", "asinh_magnitude_error", "error_columns", "noise_columns",
+           "noise_draws", "noisy_fluxes", "noisy_photometry"]
