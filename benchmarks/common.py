@@ -93,6 +93,29 @@ def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", device: str = "c
             "median_s": timing["median_s"] * 2.0 * m * k * n / flops}
 
 
+def slow_dtype(dtype: str, device: str = "cpu", size: int = 256) -> str | None:
+    """Why products in `dtype` are not worth timing on this device, or None when they are: a CPU without native
+    bf16 kernels (AVX2, no AVX-512) runs a bf16 matmul ~100x slower than fp32 (0.56 against 60 GFLOP/s on one
+    thread of an AVX2 EPYC), so that the paper config's bf16 step would take minutes. Judged by one (size^3)
+    product of each dtype after a warm-up: more than 2x slower than float32 is slow."""
+    import torch
+
+    if dtype == "float32" or not device.startswith("cpu"):
+        return None
+    times = {}
+    for name in ("float32", dtype):
+        a = torch.randn(size, size).to(getattr(torch, name))
+        torch.mm(a, a)
+        start = time.perf_counter()
+        torch.mm(a, a)
+        times[name] = time.perf_counter() - start
+    if times[dtype] <= 2 * times["float32"]:
+        return None
+    rate = {k: 2 * size**3 / t / 1e9 for k, t in times.items()}
+    return (f"{dtype} matmul at {rate[dtype]:.2g} GFLOP/s against float32's {rate['float32']:.3g} on this CPU "
+            f"(capability {torch.backends.cpu.get_cpu_capability()}): no native {dtype} kernels, not timed")
+
+
 def peak_rss_gb() -> float:
     """This process's peak resident memory (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

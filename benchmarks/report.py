@@ -49,6 +49,10 @@ def training_section(results: dict) -> str:
     text = ("## Training: one optimiser step (forward, backward, clip, AdamW)\n\n"
             + _table(["config", "precision", "batch", "step s", "samples/s", "achieved GFLOP/s",
                       "matmul GFLOP/s", "MFU", "peak RSS GB"], rows))
+    skipped = [f"{r['preset']}: {r['bf16_skipped']}" for r in (results["train_demo"], results["train_paper"])
+               if "bf16_skipped" in r]
+    if skipped:
+        text += "\n\nbf16 autocast, " + "; ".join(skipped) + "."
     check = results["train_demo"].get("flop_counter")
     if check:
         text += (f"\n\nFLOP formula check (demo, forward + backward): FlopCounterMode counts "
@@ -156,6 +160,7 @@ def alternatives_section(results: dict) -> str:
             + "\n\nLoss difference against the baseline on the same weights and batch: "
             + ", ".join(f"{k} {_g(v)}" for k, v in alt["loss_difference"].items())
             + f". Building the (B, 1, T, T) float mask alone: {_g(alt['mask_build_ms'])} ms."
+            + _skipped(alt)
             + "\n\nWhere a step's time goes (self CPU time, torch.profiler):\n\n"
             + _table(["operator", "ms / step", "share"],
                      [[p["op"], p["self_ms_per_step"], p["share"]] for p in alt["profile"]]))
@@ -169,7 +174,14 @@ def inference_alternatives_section(results: dict) -> str:
     rows = [[name, v["per_s"], v["speedup"], v["max_dz_over_1pz"]] for name, v in alt["variants"].items()]
     return (f"## Inference alternatives (redshift from LSST, {alt['rows']} synthetic galaxies, "
             "untrained demo model)\n\n"
-            + _table(["variant", "galaxies/s", "speed-up", "max |dz|/(1+z) vs fp32"], rows))
+            + _table(["variant", "galaxies/s", "speed-up", "max |dz|/(1+z) vs fp32"], rows) + _skipped(alt))
+
+
+def _skipped(alt: dict) -> str:
+    """The variants left out of an alternatives table and why (`alternatives._drop_slow_bf16`)."""
+    if not alt.get("skipped"):
+        return ""
+    return "\n\nNot timed: " + "; ".join(f"{name} ({why})" for name, why in alt["skipped"].items()) + "."
 
 
 def gpu_section(results: dict) -> str:

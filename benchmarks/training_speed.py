@@ -31,7 +31,7 @@ from batches import (
     training_collator,
     training_config,
 )
-from common import log_log_slope, matmul_runner, timed, timed_pairs
+from common import log_log_slope, matmul_runner, slow_dtype, timed, timed_pairs
 
 
 # --------------------------------------------------------------------------------------------- FLOPs
@@ -188,7 +188,10 @@ def training_benchmark(preset: str, catalog: str | None = None, cache_dir: str |
               "training_flops_per_sample": training_flops_per_sample(config)}
     result["fp32"] = step_speed(config, batches, repeats, ceiling_dtype="float32")
     result["matmul"] = {"float32": result["fp32"].pop("ceiling")}
-    if bf16:
+    skipped = slow_dtype("bfloat16") if bf16 else None
+    if skipped:
+        result["bf16_skipped"] = skipped
+    elif bf16:
         result["bf16_autocast"] = step_speed(config, batches, repeats, autocast_dtype="bfloat16",
                                              ceiling_dtype="bfloat16")
         result["matmul"]["bfloat16"] = result["bf16_autocast"].pop("ceiling")

@@ -15,7 +15,7 @@ BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from batches import model_config, synthetic_batches, synthetic_columns
-from common import log_log_slope, timed, timed_pairs
+from common import log_log_slope, slow_dtype, timed, timed_pairs
 from training_speed import (
     flop_counter_check,
     flop_terms,
@@ -151,6 +151,29 @@ def test_timed_pairs_alternates_and_takes_the_ratio_per_round(monkeypatch):
     assert calls == ["fn", "reference"] * 4
     assert result["ratios"] == [3.0, 3.0, 3.0] and result["median_ratio"] == 3.0
     assert result["runs_s"] == [2.0, 4.0, 8.0] and result["reference_runs_s"] == [6.0, 12.0, 24.0]
+
+
+@pytest.mark.parametrize(("bf16_over_fp32", "slow"), [(1.0, False), (2.0, False), (2.5, True), (100.0, True)])
+def test_slow_dtype_leaves_out_a_dtype_over_twice_as_slow_as_float32(monkeypatch, bf16_over_fp32, slow):
+    """bf16 is timed only where its product is at most 2x float32's time (on a fake clock; an AVX2 CPU measured
+    ~100x), and float32 is never probed."""
+    import common
+    import torch
+
+    clock, real_mm = [0.0], torch.mm
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+
+    def mm(a, b):
+        clock[0] += bf16_over_fp32 if a.dtype == torch.bfloat16 else 1.0
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    reason = slow_dtype("bfloat16", size=8)
+    assert (reason is not None) == slow
+    if slow:
+        assert reason.startswith("bfloat16 matmul") and "not timed" in reason
+    clock[0] = 0.0
+    assert slow_dtype("float32") is None and clock[0] == 0.0
 
 
 def test_gpu_script_cpu_fallback_needs_neither_datasets_nor_pyarrow(tmp_path):
