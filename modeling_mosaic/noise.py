@@ -23,6 +23,9 @@ NOISE_STREAM = 1
 #: The stream of the noise an evaluation draws at chosen depths (`mosaic-evaluate --depth-scale`): independent of
 #: training's draws even for the same galaxies.
 EVALUATION_NOISE_STREAM = 2
+#: The stream of the noise the held-out photometry is redrawn with to calibrate a model over a range of depths
+#: (training with `noise_scale`, `mosaic-calibrate --depth-scale`).
+CALIBRATION_NOISE_STREAM = 3
 
 
 def asinh_magnitude_error(flux_njy, flux_err_njy, softening_njy):
@@ -95,5 +98,32 @@ def noisy_photometry(columns, config, seed: int, epoch: int, galaxy_ids) -> tupl
     return magnitudes, errors
 
 
-__all__ = ["EVALUATION_NOISE_STREAM", "NOISY_MODALITIES", "asinh_magnitude_error", "error_columns", "noise_columns",
-           "noise_draws", "noisy_fluxes", "noisy_photometry"]
+def depth_columns(modalities) -> list[str]:
+    """The columns `redraw_photometry` draws from: the noise-free fluxes and the depth model's errors of the
+    photometry among `modalities`, and the galaxy ids that seed each galaxy's draw."""
+    return ["galaxy_id", *(f"{n}_{kind}" for n in NOISY_MODALITIES if n in modalities
+                           for kind in ("flux_true", "flux_err"))]
+
+
+def redraw_photometry(columns, modalities, depth_scale, seed: int, stream: int = EVALUATION_NOISE_STREAM) -> dict:
+    """The rows observed afresh at other depths: each galaxy's fluxes drawn from its noise-free ones with the
+    catalog's flux errors times a factor s, uniform in `depth_scale` = (min, max) per galaxy (s = 2 is a survey
+    0.75 mag shallower), the asinh magnitudes and the `*_flux`/`*_flux_err` columns the errors are computed from
+    replaced, and s kept as `depth_scale`. Seeded by (seed, galaxy_id) on `stream`, so the same rows get the
+    same draws in any order and never training's."""
+    names = [n for n in NOISY_MODALITIES if n in modalities]
+    missing = [c for c in depth_columns(names) if c not in columns]
+    if missing:
+        raise ValueError(f"redrawing the photometry at other depths needs the column(s) {missing}, which the "
+                         "catalog lacks (a generated catalog stores them; an imported one has no noise-free fluxes)")
+    scale, fluxes = noisy_fluxes(columns, names, depth_scale, seed, 0, columns["galaxy_id"], stream)
+    out = {**columns, "depth_scale": scale}
+    for name, (flux, error) in fluxes.items():
+        out[name] = asinh_magnitude(flux, MODALITIES[name].softening_njy).astype(np.float32)
+        out[f"{name}_flux"], out[f"{name}_flux_err"] = flux, error
+    return out
+
+
+__all__ = ["CALIBRATION_NOISE_STREAM", "EVALUATION_NOISE_STREAM", "NOISY_MODALITIES", "asinh_magnitude_error",
+           "depth_columns", "error_columns", "noise_columns", "noise_draws", "noisy_fluxes", "noisy_photometry",
+           "redraw_photometry"]

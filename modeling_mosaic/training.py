@@ -351,7 +351,7 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     from .catalog.io import load_catalog, read_normalization
     from .configuration_mosaic import MosaicConfig
     from .masking import MosaicMaskingCollator
-    from .noise import error_columns, noise_columns
+    from .noise import CALIBRATION_NOISE_STREAM, depth_columns, error_columns, noise_columns, redraw_photometry
 
     MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
     keep_freed_memory()
@@ -367,9 +367,15 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         path = prepare_catalog(data_args)
         train = load_catalog(path, split="train")
         calibration_path = prepare_calibration_catalog(data_args, path)
-    # Calibrating a model with error inputs at the end gives it the errors of the held-out photometry.
-    needed = [*model_args.modalities, *error_columns(model_args.modalities,
-                                                     model_args.error_inputs and model_args.head_type == "gaussian")]
+    # Calibrating a model with error inputs at the end gives it the errors of the held-out photometry. A model that
+    # drew its noise on the fly over a range of depths is calibrated over that range: the held-out photometry is
+    # observed afresh there from its noise-free fluxes (at the catalog's one depth the shallow end was overconfident).
+    calibrated = model_args.head_type == "gaussian"
+    redraw = calibrated and model_args.noise_on_the_fly
+    calibration_columns = list(dict.fromkeys([
+        *model_args.modalities, *error_columns(model_args.modalities, model_args.error_inputs and calibrated),
+        *(depth_columns(model_args.modalities) if redraw else [])]))
+    needed = [c for c in calibration_columns if c != "galaxy_id"]
     check_columns(train, needed, path)
     calibration = calibration_split(calibration_path, data_args.calibration_rows, needed) if calibration_path else None
     n_val = min(data_args.validation_size, len(train) // 5)
@@ -399,6 +405,10 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         catalog_info += (f" Predictive distributions calibrated on the last {len(calibration)} training rows of "
                          f"`{calibration_path}`, an independent catalog." if calibration is not None
                          else " Predictive distributions calibrated on the validation rows.")
+        if redraw:
+            low, high = config.noise_scale
+            catalog_info += (f" Their photometry was observed afresh for it at per-galaxy depths, the flux errors "
+                             f"scaled by s in [{low:g}, {high:g}], as in training.")
     trainer = MosaicTrainer(
         model=model,
         args=training_args,
@@ -419,8 +429,10 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         from .evaluation.conditions import calibrate_for_conditions
 
         unseen = val if calibration is None else calibration
-        held_out = unseen.with_format("numpy", columns=[*config.modalities,
-                                                        *error_columns(config.modalities, config.error_inputs)])[:]
+        held_out = unseen.with_format("numpy", columns=calibration_columns)[:]
+        if redraw:
+            held_out = redraw_photometry(held_out, config.modalities, config.noise_scale, training_args.seed,
+                                         CALIBRATION_NOISE_STREAM)
         fitted = calibrate_for_conditions(trainer.model.eval(), held_out)
         metrics.update({f"calibration_{c}_{t}_{k}": v for c, ts in fitted.items() for t, f in ts.items()
                         for k, v in f.items() if t in ("redshift", "log_stellar_mass")})

@@ -248,8 +248,7 @@ def test_redrawn_photometry_follows_the_noise_model_at_each_galaxys_depth():
     """`redraw_photometry` (`mosaic-evaluate --depth-scale`): at depth factor 0 the noise-free magnitudes
     exactly; at a fixed factor s the errors are s times the catalog's and the standardised residuals are
     N(0, 1); a galaxy's draw depends on (seed, galaxy id) alone, and on a stream of its own, not training's."""
-    from modeling_mosaic.evaluation.report import redraw_photometry
-    from modeling_mosaic.noise import NOISE_STREAM, noisy_fluxes
+    from modeling_mosaic.noise import NOISE_STREAM, noisy_fluxes, redraw_photometry
 
     n = 4000
     test = {**noisy_photometry_columns(n, 5), "galaxy_id": np.arange(n) * 7 + 3}

@@ -126,37 +126,56 @@ def test_gaussian_run_saves_calibration_for_the_figure2_queries(catalog, tmp_pat
                             "--rows", "100000"])
 
 
-def test_an_error_aware_run_is_calibrated_with_the_errors_of_the_held_out_photometry(tmp_path):
-    """With error inputs, the end-of-training calibration (on the validation rows of a noisy catalog) and
-    `mosaic-calibrate` (on the same rows) give the model the photometry's errors and agree; calibrated without
-    them (unknown errors) it would differ."""
+def test_an_error_aware_run_is_calibrated_with_the_errors_of_held_out_photometry_over_its_depths(tmp_path):
+    """With error inputs and noise drawn over a range of depths, the end-of-training calibration (on the validation
+    rows of a noisy catalog) gives the model the photometry's errors, observed afresh over the training range, and
+    `mosaic-calibrate --depth-scale` (on the same rows, same seed) agrees; calibrated without the errors, or on the
+    catalog's stored photometry at its one depth, it would differ."""
     from transformers import AutoModel
 
     from modeling_mosaic.catalog.writer import build_catalog
     from modeling_mosaic.evaluation import calibrate_cli
     from modeling_mosaic.evaluation.conditions import get_condition
     from modeling_mosaic.evaluation.report import read_split
-    from modeling_mosaic.noise import error_columns
+    from modeling_mosaic.noise import CALIBRATION_NOISE_STREAM, depth_columns, error_columns, redraw_photometry
 
     catalog = str(tmp_path / "noisy")
     build_catalog(catalog, "tiny", noise="realistic")
     train(catalog, tmp_path / "model", "--head_type", "gaussian", "--error_inputs", "true", "--noise_on_the_fly",
-          "true", "--max_steps", "4", "--save_strategy", "no", "--validation_size", "100")
+          "true", "--noise_scale", "0.5", "2", "--max_steps", "4", "--save_strategy", "no", "--validation_size",
+          "100")
     saved = AutoModel.from_pretrained(tmp_path / "model").config.calibration
+    assert "observed afresh" in (tmp_path / "model" / "README.md").read_text()
     assert calibrate_cli.main(["--model", str(tmp_path / "model"), "--data", catalog, "--out",
-                               str(tmp_path / "recalibrated"), "--rows", "100"]) == 0
+                               str(tmp_path / "recalibrated"), "--rows", "100", "--depth-scale", "0.5", "2"]) == 0
     model = AutoModel.from_pretrained(tmp_path / "recalibrated")
     assert model.config.calibration == saved and len(saved) == 5
     modalities = model.config.modalities
-    held_out = {k: v[-100:] for k, v in read_split(catalog, "train", [*modalities, *error_columns(modalities)]).items()}
+    stored = {k: v[-100:] for k, v in read_split(catalog, "train", [*modalities, *error_columns(modalities),
+                                                                   *depth_columns(modalities)]).items()}
+    redrawn = redraw_photometry(stored, modalities, (0.5, 2.0), 0, CALIBRATION_NOISE_STREAM)
     lsst = get_condition("lsst")
-    truth = {n: held_out[n] for n in lsst.targets(modalities)}
+    truth = {n: stored[n] for n in lsst.targets(modalities)}
     fit = [model.eval().calibrate(lsst.inputs(held_out), truth, **errors)["redshift"]
-           for errors in ({"errors": lsst.errors(held_out)}, {})]
+           for held_out, errors in ((redrawn, {"errors": lsst.errors(redrawn)}), (redrawn, {}),
+                                    (stored, {"errors": lsst.errors(stored)}))]
     entry = next(e for e in saved if e["given"] == {"lsst": [[0, 6]]})
     assert fit[0] == {"temperature": entry["temperature"]["redshift"], "shift": entry["shift"]["redshift"],
                       "pit_knots": entry["pit_knots"]["redshift"]}
-    assert fit[1] != fit[0]  # the errors count
+    assert fit[1] != fit[0] and fit[2] != fit[0]  # the errors count, and so do the depths
+    with pytest.raises(SystemExit, match="--depth-scale must satisfy"):
+        calibrate_cli.main(["--model", str(tmp_path / "model"), "--data", catalog, "--out", str(tmp_path / "x"),
+                            "--depth-scale", "2", "1"])
+    import pyarrow.parquet as pq
+
+    (tmp_path / "bare" / "data").mkdir(parents=True)
+    for shard in Path(catalog, "data").glob("train-*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.drop_columns([c for c in table.column_names if c.endswith("_flux_true")]),
+                       tmp_path / "bare" / "data" / shard.name)
+    with pytest.raises(SystemExit, match="flux_true.*noise-free"):  # without noise-free fluxes nothing to redraw
+        calibrate_cli.main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "bare"), "--out",
+                            str(tmp_path / "x"), "--depth-scale", "0.5", "2"])
 
 
 def test_gaussian_run_calibrates_on_an_independent_catalog_drawn_with_another_seed(catalog, tmp_path):

@@ -1,12 +1,15 @@
 """`mosaic-calibrate`: refit a probabilistic model's calibration on held-out galaxies and save it.
 
-    mosaic-calibrate --model DIR_OR_REPO --data DIR --out DIR [--split train] [--rows N]
+    mosaic-calibrate --model DIR_OR_REPO --data DIR --out DIR [--split train] [--rows N] [--depth-scale MIN MAX]
 
 Fits, for each figure-2 query, the shift and temperature of every target and the redshift PIT map
 (`MosaicModel.calibrate`) on the last N rows of the split (default: all of them), replacing the model's
 calibration, and saves the model to OUT. Use galaxies the model never trained on: a training run's
 validation rows (the last `validation_size` rows of train) or a separate catalog drawn the same way. The more
-rows, the flatter the PIT: KS resolves ~1.4 / sqrt(N).
+rows, the flatter the PIT: KS resolves ~1.4 / sqrt(N). With --depth-scale the held-out photometry is observed
+afresh at per-galaxy depths first (as `mosaic-evaluate --depth-scale` does to the test rows), so that the
+posteriors are calibrated over a range of depths, not the catalog's one: a model trained with `noise_scale`
+does this over its training range at the end of training.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="folder to save the recalibrated model to (may be --model)")
     parser.add_argument("--split", default="train", help="split to read the held-out galaxies from (default train)")
     parser.add_argument("--rows", type=int, default=None, help="use the last N rows of the split (default all)")
+    parser.add_argument("--depth-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="calibrate on the photometry drawn afresh from its noise-free fluxes with the catalog's "
+                             "flux errors times a per-galaxy factor uniform in [MIN, MAX]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --depth-scale draws (default 0)")
     return parser
 
 
@@ -34,21 +41,31 @@ def main(argv=None) -> int:
         raise SystemExit(f"--rows must be a positive integer, got {args.rows}")
     if not (Path(args.data) / "data").is_dir():
         raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
-    from ..noise import error_columns
-    from .cli import load_model
+    from ..noise import CALIBRATION_NOISE_STREAM, depth_columns, error_columns, redraw_photometry
+    from .cli import check_depth_scale, load_model
     from .conditions import calibrate_for_conditions
     from .report import model_modalities, read_split, uses_errors
 
+    check_depth_scale(args.depth_scale)
     keep_freed_memory()
     model = load_model(args.model)
     if not hasattr(model, "calibrate") or getattr(model.config, "head_type", "point") != "gaussian":
         raise SystemExit(f"--model {args.model}: not a probabilistic MOSAIC model (head_type='gaussian')")
     modalities = model_modalities(model)
-    columns = read_split(args.data, args.split, [*modalities, *error_columns(modalities, uses_errors(model))])
+    needed = [*modalities, *error_columns(modalities, uses_errors(model)),
+              *(depth_columns(modalities) if args.depth_scale is not None else [])]
+    try:
+        columns = read_split(args.data, args.split, needed)
+    except ValueError as error:
+        hint = (" (--depth-scale draws from the noise-free fluxes and their errors, which a generated catalog "
+                "stores)" if args.depth_scale is not None else "")
+        raise SystemExit(f"--data {args.data}: {error}{hint}") from error
     rows = len(next(iter(columns.values())))
     if args.rows is not None and args.rows > rows:
         raise SystemExit(f"--rows {args.rows}: the {args.split} split of {args.data} has only {rows} rows")
     held_out = {k: v[rows - (args.rows or rows):] for k, v in columns.items()}
+    if args.depth_scale is not None:
+        held_out = redraw_photometry(held_out, modalities, args.depth_scale, args.seed, CALIBRATION_NOISE_STREAM)
     model.config.calibration = []
     fitted = calibrate_for_conditions(model, held_out)
     model.save_pretrained(args.out)
@@ -59,7 +76,9 @@ def main(argv=None) -> int:
                 print(f"{condition:15s} {target:16s} temperature {f['temperature']:.3f}  shift {f['shift']:+.3f}"
                       + ("  PIT map" if "pit_knots" in f else ""))
     count = len(next(iter(held_out.values())))
-    print(f"calibrated on {count} galaxies of {args.data} ({args.split}); saved to {args.out}")
+    depths = ("" if args.depth_scale is None
+              else f", observed at depth factors {args.depth_scale[0]:g}-{args.depth_scale[1]:g}")
+    print(f"calibrated on {count} galaxies of {args.data} ({args.split}){depths}; saved to {args.out}")
     return 0
 
 

@@ -49,6 +49,12 @@ def load_model(name_or_path: str, device: str = "cpu"):
     return model.to(device).eval()
 
 
+def check_depth_scale(depth_scale) -> None:
+    """--depth-scale MIN MAX: a range of factors on the flux errors, 0 <= MIN <= MAX."""
+    if depth_scale is not None and not 0 <= depth_scale[0] <= depth_scale[1]:
+        raise SystemExit(f"--depth-scale must satisfy 0 <= MIN <= MAX, got {depth_scale[0]:g} {depth_scale[1]:g}")
+
+
 def resolve_device(name: str) -> str:
     """--device: auto is cuda when torch sees a GPU, else cpu; an explicit cuda without one is an error."""
     import torch
@@ -73,9 +79,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
     if args.baselines_from is not None and not Path(args.baselines_from).is_file():
         raise SystemExit(f"--baselines-from {args.baselines_from}: no such file")
-    if args.depth_scale is not None and not 0 <= args.depth_scale[0] <= args.depth_scale[1]:
-        raise SystemExit(f"--depth-scale must satisfy 0 <= MIN <= MAX, got {args.depth_scale[0]:g} "
-                         f"{args.depth_scale[1]:g}")
+    check_depth_scale(args.depth_scale)
     device = resolve_device(args.device)
     from .report import run_evaluation
 

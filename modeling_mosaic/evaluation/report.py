@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 from ..card import replace_section
 from ..catalog.io import arrow_to_numpy
-from ..modalities import MODALITIES, MODALITY_NAMES, asinh_magnitude, get_modality
-from ..noise import EVALUATION_NOISE_STREAM, NOISY_MODALITIES, error_columns, noisy_fluxes
+from ..modalities import MODALITY_NAMES, get_modality
+from ..noise import NOISY_MODALITIES, depth_columns, error_columns, redraw_photometry
 from .baselines import MAX_TRAIN, TASKS, THREADS, run_baselines, sfh_convention_ablation, subsample_rows
 from .conditions import CONDITIONS, Condition
 from .metrics.functions import (
@@ -73,7 +73,8 @@ NMAE_DEFINITION = (
 # ------------------------------------------------------------------------------------------------ data
 def read_split(data_dir, split: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
     """Columns of one split of a catalog in Hugging Face Parquet layout (DIR/data/{split}-*.parquet) as
-    numpy arrays, vectors as (rows, length). Reads only the columns asked for; nulls become NaN."""
+    numpy arrays, vectors as (rows, length). Reads only the columns asked for (each once); nulls become NaN."""
+    columns = list(dict.fromkeys(columns))
     files = sorted(glob.glob(os.path.join(os.fspath(data_dir), "data", f"{split}-*.parquet")))
     if not files:
         raise FileNotFoundError(f"no Parquet shard {data_dir}/data/{split}-*.parquet")
@@ -81,7 +82,7 @@ def read_split(data_dir, split: str, columns: Sequence[str]) -> dict[str, np.nda
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise ValueError(f"{files[0]}: missing column(s) {missing}")
-    table = pa.concat_tables(pq.read_table(f, columns=list(columns)) for f in files)
+    table = pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
     columns = {c: arrow_to_numpy(table.column(c), c, files[0]) for c in columns}
     return {c: v if v.ndim == 2 else np.asarray(v, dtype=np.float64) for c, v in columns.items()}
 
@@ -100,28 +101,6 @@ def sfh_convention_of(data_dir) -> str:
 
 def _take(columns: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[rows] for k, v in columns.items()}
-
-
-def depth_columns(modalities) -> list[str]:
-    """The test columns `redraw_photometry` draws from: the noise-free fluxes and the depth model's errors of the
-    photometry among `modalities`, and the galaxy ids that seed each galaxy's draw."""
-    return ["galaxy_id", *(f"{n}_{kind}" for n in NOISY_MODALITIES if n in modalities
-                           for kind in ("flux_true", "flux_err"))]
-
-
-def redraw_photometry(test: Mapping[str, np.ndarray], modalities, depth_scale, seed: int) -> dict[str, np.ndarray]:
-    """The test rows observed afresh at other depths: each galaxy's fluxes drawn from its noise-free ones with
-    the catalog's flux errors times a factor s, uniform in `depth_scale` = (min, max) per galaxy (s = 2 is a
-    survey 0.75 mag shallower), the asinh magnitudes and the `*_flux`/`*_flux_err` columns the errors are
-    computed from replaced, and s kept as `depth_scale`. Seeded by (seed, galaxy_id) on a stream of its own,
-    so the same rows get the same draws in any order and never training's."""
-    names = [n for n in NOISY_MODALITIES if n in modalities]
-    scale, fluxes = noisy_fluxes(test, names, depth_scale, seed, 0, test["galaxy_id"], EVALUATION_NOISE_STREAM)
-    out = {**test, "depth_scale": scale}
-    for name, (flux, error) in fluxes.items():
-        out[name] = asinh_magnitude(flux, MODALITIES[name].softening_njy).astype(np.float32)
-        out[f"{name}_flux"], out[f"{name}_flux_err"] = flux, error
-    return out
 
 
 def depth_breakdown(test: Mapping[str, np.ndarray], predictions, pits, conditions, depth_scale) -> dict:
