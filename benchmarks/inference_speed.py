@@ -8,12 +8,13 @@ The model's weights are freshly initialised: its speed does not depend on their 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
 import numpy as np
 from batches import model_config
-from common import matmul_rate, timed, timed_pairs
+from common import matmul_rate, slow_dtype, timed, timed_pairs
 from training_speed import flop_terms
 
 #: (name, target, condition of evaluation/conditions.py) of each timed query.
@@ -130,13 +131,16 @@ def uncertainty_query_speed(model, inputs: dict, target: str, calibration: tuple
             "calibration_rows": len(calibration[1][target])}
 
 
-def compiled_query_speed(model, inputs: dict, target: str, repeats: int, reference: np.ndarray) -> dict:
-    """Batch galaxies/s of one `predict` query with the blocks compiled (`compile_encoder`): the first call
-    (compilation) timed on its own, and the largest |difference| from the uncompiled `reference` output."""
-    start = time.perf_counter()
-    first = model.predict(inputs, targets=[target])[target]
-    compile_s = time.perf_counter() - start
-    batch = timed(lambda: model.predict(inputs, targets=[target]), repeats=repeats, warmup=1)
+def compiled_query_speed(model, inputs: dict, target: str, repeats: int, reference: np.ndarray,
+                         autocast=contextlib.nullcontext) -> dict:
+    """Batch galaxies/s of one `predict` query with the encoder compiled (`compile_encoder`), in `autocast` (a
+    context factory: none, or bf16 autocast): the first call (compilation) timed on its own, and the largest
+    |difference| from the uncompiled float32 `reference` output."""
+    with autocast():
+        start = time.perf_counter()
+        first = model.predict(inputs, targets=[target])[target]
+        compile_s = time.perf_counter() - start
+        batch = timed(lambda: model.predict(inputs, targets=[target]), repeats=repeats, warmup=1)
     return {"per_s": len(first) / batch["median_s"], "batch_s": batch["median_s"], "first_call_s": compile_s,
             "max_abs_diff": float(np.max(np.abs(first - reference)))}
 
@@ -146,7 +150,8 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
                         compile_model: bool = False, calibration_rows: int = 4000) -> dict:
     """Worker: every query of QUERIES for the model of configs/PRESET.yaml and for the baselines, and for the model
     with uncertainties (calibrated on `calibration_rows` training rows); with `compile_model` also for the model
-    with its blocks compiled (torch.compile, inductor)."""
+    with its encoder compiled (torch.compile, inductor), in float32 and, where bf16 products are native, under bf16
+    autocast."""
     import torch
 
     from modeling_mosaic.evaluation.conditions import get_condition
@@ -177,7 +182,14 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
         references = {name: model.predict(get_condition(condition).inputs(test), targets=[target])[target]
                       for name, target, condition in QUERIES}
         model.compile_encoder()
+        bf16_skipped = slow_dtype("bfloat16")
+        if bf16_skipped:
+            result["compiled_bf16_skipped"] = bf16_skipped
         for name, target, condition in QUERIES:
-            result[name]["model_compiled"] = compiled_query_speed(model, get_condition(condition).inputs(test), target,
-                                                                  repeats, references[name])
+            inputs = get_condition(condition).inputs(test)
+            result[name]["model_compiled"] = compiled_query_speed(model, inputs, target, repeats, references[name])
+            if not bf16_skipped:  # the fastest path where bf16 products are native (mosaic-predict --compile --bf16)
+                result[name]["model_compiled_bf16"] = compiled_query_speed(
+                    model, inputs, target, repeats, references[name],
+                    lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     return result

@@ -85,6 +85,9 @@ def inference_section(results: dict) -> str:
         if "model_compiled" in q:
             rows.append([key, "MOSAIC predict, compile_encoder()", m["rows"], q["model_compiled"]["per_s"], None,
                          None, None])
+        if "model_compiled_bf16" in q:
+            rows.append([key, "MOSAIC predict, compile_encoder(), bf16 autocast", m["rows"],
+                         q["model_compiled_bf16"]["per_s"], None, None, None])
         for name in ("knn", "hgb"):
             rows.append([key, name, q["baselines"]["rows"], q["baselines"][name]["per_s"], None, None, None])
     return ("## Inference (demo model)\n\n"
@@ -92,7 +95,7 @@ def inference_section(results: dict) -> str:
                       "encoder at the matmul ceiling, galaxies/s"], rows)
             + "\n\nThe last column is the encoder's matmul FLOPs per galaxy (the tokens given and asked for only; "
             "the last block projects and feeds forward the asked-for token alone) at the fp32 matmul rate measured "
-            "in the same process: no implementation of this model on this machine predicts faster than that."
+            "in the same process: no float32 implementation of this model on this machine predicts faster than that."
             + _uncertainty_note(inf)
             + _compiled_note(inf)
             + f"\n\nPeak RSS of the inference process (model, baselines, data): {_g(inf['peak_rss_gb'])} GB.")
@@ -110,13 +113,15 @@ def _uncertainty_note(inf: dict) -> str:
 
 
 def _compiled_note(inf: dict) -> str:
-    compiled = {k: q["model_compiled"] for k, q in inf.items() if isinstance(q, dict) and "model_compiled" in q}
+    compiled = {f"{k}{suffix}": q[key] for k, q in inf.items() if isinstance(q, dict)
+                for key, suffix in (("model_compiled", ""), ("model_compiled_bf16", " (bf16)")) if key in q}
     if not compiled:
         return ""
-    return (" With `compile_encoder()` (the blocks through torch.compile, `--compile` of the suite) the first "
+    skipped = f" bf16 not timed: {inf['compiled_bf16_skipped']}." if "compiled_bf16_skipped" in inf else ""
+    return (" With `compile_encoder()` (the encoder through torch.compile, `--compile` of the suite) the first "
             "call of each query compiles: " + "; ".join(
-                f"{k} {_g(c['first_call_s'])} s, outputs within {_g(c['max_abs_diff'])} of the plain blocks'"
-                for k, c in compiled.items()) + ".")
+                f"{k} {_g(c['first_call_s'])} s, outputs within {_g(c['max_abs_diff'])} of the plain float32 "
+                "encoder's" for k, c in compiled.items()) + "." + skipped)
 
 
 def catalog_section(results: dict) -> str:

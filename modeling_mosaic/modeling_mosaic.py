@@ -21,6 +21,7 @@ This file is remote code: it imports only numpy, torch, transformers and (relati
 """
 
 import math
+import types
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -499,13 +500,15 @@ class MosaicModel(MosaicPreTrainedModel):
         return self.config.head_type == "gaussian"
 
     def compile_encoder(self, **compile_kwargs) -> "MosaicModel":
-        """Compile the transformer blocks in place with `torch.compile(**compile_kwargs)`, for `predict` and
-        `embed` over large catalogs. A short query's time goes mostly to the blocks' element-wise work (layer
-        norms, GELU, residual adds, attention over a few tokens), which inductor fuses; the weights, their names
-        and the outputs (to float32 rounding) are unchanged. Each new query shape compiles first (seconds); on a
-        CPU, inductor needs a C++ compiler."""
-        for block in self.blocks:
-            block.compile(**compile_kwargs)
+        """Compile the encoder in place with `torch.compile(**compile_kwargs)`, for `predict` and `embed` over large
+        catalogs: a query's patches, embeddings, attention mask, blocks and final norm as one graph. A short
+        query's time goes mostly to element-wise work (layer norms, GELU, residual adds, attention over a few tokens,
+        the embeddings' gathers), which inductor fuses; the weights, their names and the outputs (to float32
+        rounding) are unchanged. One compiled function, not one per block: a block's code is shared by every block,
+        so their query shapes together would soon reach dynamo's recompile limit and run eager. Each new query shape
+        compiles first (seconds); on a CPU, inductor needs a C++ compiler."""
+        encode = torch.compile(type(self)._encode, **compile_kwargs)  # unbound, so a deep copy binds to the copy
+        self._encode = types.MethodType(encode, self)
         return self
 
     def _encode(self, normalised, visible, errors, token_ids, elements=None, keep=None):

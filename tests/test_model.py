@@ -1,5 +1,6 @@
 """MosaicModel and MosaicConfig: invariances the design promises, shapes, errors, persistence, and learning."""
 
+import copy
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from modeling_mosaic import (
     MosaicMaskingCollator,
     MosaicModel,
 )
+from modeling_mosaic.evaluation.conditions import SFH_LATE
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 
@@ -241,25 +243,42 @@ def test_the_training_forward_traces_as_one_graph(batch, head_type):
     assert general.shape == (3, model.config.num_elements)
 
 
-def test_compile_encoder_compiles_the_blocks_in_place_and_changes_no_output_or_weight_name(tmp_path):
-    """`compile_encoder` routes every block through torch.compile (here the eager backend: dynamo's tracing and
-    guards without inductor's C++ compiler), keeps the state dict's names (in place, no `_orig_mod.` prefix)
-    and predicts and embeds what the plain model does."""
+def test_compile_encoder_runs_every_query_compiled_and_changes_no_output_or_weight_name(tmp_path):
+    """`compile_encoder` routes a query's whole encoder through torch.compile (here a backend that runs dynamo's
+    graphs as traced, counting their calls: no C++ compiler), keeps the state dict's names (in place, no
+    `_orig_mod.` prefix) and predicts and embeds what the plain model does. Every batch of every query runs as
+    one compiled graph: no graph break, and no query falls back to eager at dynamo's recompile limit (as four
+    separately compiled blocks of the demo model did after a few queries)."""
+    calls = []
+
+    def counting(graph, example_inputs):
+        def run(*args):
+            calls.append(1)
+            return graph.forward(*args)
+        return run
+
     torch.manual_seed(0)
     plain = MosaicModel(MosaicConfig(**TINY)).eval()
     compiled = MosaicModel(MosaicConfig(**TINY)).eval()
     compiled.load_state_dict(plain.state_dict())
-    assert compiled.compile_encoder(backend="eager") is compiled
-    assert all(block._compiled_call_impl is not None for block in compiled.blocks)
-    assert plain.blocks[0]._compiled_call_impl is None
-    columns = synthetic_columns(np.random.default_rng(7), 9)
-    for inputs in ({"lsst": columns["lsst"]}, {"lsst": columns["lsst"], "spherex": columns["spherex"]}):
+    assert compiled.compile_encoder(backend=counting) is compiled
+    columns = synthetic_columns(np.random.default_rng(7), 10)
+    sfh = np.where(SFH_LATE, columns["sfh"], np.nan)
+    queries = ({"lsst": columns["lsst"]}, {"lsst": columns["lsst"], "spherex": columns["spherex"]},
+               {"lsst": columns["lsst"], "sfh": sfh}, {"log_stellar_mass": columns["log_stellar_mass"]},
+               {"redshift": columns["redshift"], "sed": columns["sed"]})
+    for inputs in queries:
         expected, got = plain.predict(inputs, batch_size=4), compiled.predict(inputs, batch_size=4)
         for key in expected:
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert len(calls) == 3 * len(queries)  # 10 rows in batches of 4, 4 and 2
     np.testing.assert_array_equal(compiled.embed({"lsst": columns["lsst"]})["all"],
                                   plain.embed({"lsst": columns["lsst"]})["all"])
     assert list(compiled.state_dict()) == list(plain.state_dict())
+    copied = copy.deepcopy(compiled)
+    with torch.no_grad():
+        copied.norm.bias.add_(1.0)
+    assert not np.array_equal(copied.predict(queries[0])["redshift"], compiled.predict(queries[0])["redshift"])
     compiled.save_pretrained(tmp_path)
     reloaded = MosaicModel.from_pretrained(tmp_path).eval()
     np.testing.assert_array_equal(reloaded.predict({"lsst": columns["lsst"]})["redshift"],
