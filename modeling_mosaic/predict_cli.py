@@ -2,7 +2,7 @@
 
     mosaic-predict --model DIR_OR_REPO --input photometry.parquet --output predictions.parquet
                    [--targets redshift log_stellar_mass] [--uncertainty] [--samples N] [--qp posteriors.hdf5]
-                   [--chunk-rows N] [--compile]
+                   [--chunk-rows N] [--device auto] [--bf16] [--compile]
 
 Input columns are named like the modalities: a scalar `redshift`; a vector either as one list column `lsst`
 or as one column per element, `lsst_u` ... `lsst_y` (the registry's labels, else `sfh_0` ... `sfh_99`).
@@ -21,6 +21,7 @@ appears only when complete; samples are a pure function of --seed, --chunk-rows 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -203,10 +204,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-rows", type=int, default=262_144,
                         help="rows read, predicted and written at a time (bounds the memory)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    parser.add_argument("--device", default="auto",
+                        help="where the model predicts: auto (cuda when available), cpu, cuda")
+    parser.add_argument("--bf16", action="store_true",
+                        help="the transformer blocks' products in bfloat16 (autocast; embeddings, heads and "
+                             "statistics stay float32): faster on GPUs and on CPUs with bf16 units (AVX512-BF16, "
+                             "AMX), refused where bf16 products are not native")
     parser.add_argument("--compile", action="store_true",
                         help="compile the transformer blocks first (torch.compile; faster on large tables, a C++ "
                              "compiler on a CPU)")
     return parser
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` (cpu, cuda, cuda:N) multiplies bfloat16 matrices natively: a CUDA GPU that supports bf16,
+    or a CPU whose oneDNN has bf16 kernels (AVX-512, AMX). Elsewhere (an AVX2 CPU) a bf16 product runs ~100x
+    slower than float32's (docs/measurements.md)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
+def precision(device: str, bf16: bool):
+    """The context `predict` runs in: bfloat16 autocast on `device` with --bf16, else nothing."""
+    import torch
+
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -221,10 +248,14 @@ def main(argv=None) -> int:
     if _format(args.output, "--output") == ".csv" and args.samples:
         raise SystemExit("--samples writes list columns, which CSV cannot hold: use a .parquet --output")
     schema = read_schema(args.input)
-    from .evaluation.cli import load_model
+    from .evaluation.cli import load_model, resolve_device
 
+    device = resolve_device(args.device)
+    if args.bf16 and not native_bf16(device):
+        raise SystemExit(f"--bf16: this {device} has no native bfloat16 matrix products, where they run many times "
+                         "slower than float32: leave --bf16 out")
     keep_freed_memory()
-    model = load_model(args.model)
+    model = load_model(args.model, device)
     if args.compile:
         if not hasattr(model, "compile_encoder"):
             raise SystemExit(f"--compile: the code of checkpoint {args.model} predates compile_encoder")
@@ -261,10 +292,12 @@ def predict_chunk(model, table: pa.Table, args, chunk: int) -> tuple[dict, list[
     model's order)."""
     try:
         inputs, errors = read_inputs(table, model.config.modalities, args.input)
-        predictions = model.predict(inputs, targets=args.targets, batch_size=args.batch_size,
-                                    return_uncertainty=args.uncertainty, num_samples=args.samples,
-                                    redshift_grid=DEFAULT_REDSHIFT_GRID if args.qp else None, errors=errors or None,
-                                    seed=chunk_seed(args.seed, chunk), return_pdf=bool(args.qp))
+        with precision(str(model.device), args.bf16):
+            predictions = model.predict(inputs, targets=args.targets, batch_size=args.batch_size,
+                                        return_uncertainty=args.uncertainty, num_samples=args.samples,
+                                        redshift_grid=DEFAULT_REDSHIFT_GRID if args.qp else None,
+                                        errors=errors or None, seed=chunk_seed(args.seed, chunk),
+                                        return_pdf=bool(args.qp))
     except ValueError as error:
         raise SystemExit(f"{args.input}: {error}") from None
     if args.qp and "redshift_pdf" not in predictions:

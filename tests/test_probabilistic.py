@@ -745,6 +745,25 @@ def test_mosaic_predict_cli_writes_uncertainties_and_a_qp_ensemble(gaussian_mode
     np.testing.assert_array_equal(pq.read_table(tmp_path / "fast.parquet").column("redshift").to_numpy(),
                                   written.column("redshift").to_numpy())
 
+    # --bf16 runs the blocks' products in bfloat16 where they are native (taken as so here), and is refused,
+    # before anything is written, where they are not; so is a --device torch cannot see
+    bf16 = [*argv[:2], "--input", str(tmp_path / "in.parquet"), "--targets", "redshift", "--bf16", "--device", "cpu"]
+    monkeypatch.setattr(predict_cli, "native_bf16", lambda device: True)
+    assert predict_cli.main([*bf16, "--output", str(tmp_path / "bf16.parquet")]) == 0
+    half = pq.read_table(tmp_path / "bf16.parquet").column("redshift").to_numpy()
+    full = written.column("redshift").to_numpy()
+    assert not np.array_equal(half, full)
+    # bf16 keeps 8 bits of mantissa (relative steps of 2**-8) in the blocks; the residual stream, the embeddings
+    # and the heads stay float32, so log10(1 + z) moves by far less than one such step of its ~0.1-1 scale
+    assert np.max(np.abs(np.log10(1 + half) - np.log10(1 + full))) < 2**-8
+    monkeypatch.setattr(predict_cli, "native_bf16", lambda device: False)
+    with pytest.raises(SystemExit, match="--bf16: this cpu has no native bfloat16 matrix products"):
+        predict_cli.main([*bf16, "--output", str(tmp_path / "slow.parquet")])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device cuda: torch sees no CUDA device"):
+        predict_cli.main([*bf16[:-1], "cuda", "--output", str(tmp_path / "slow.parquet")])
+    assert not (tmp_path / "slow.parquet").exists()
+
     del columns["lsst_y"]
     pacsv.write_csv(pa.table(columns), tmp_path / "bad.csv")
     with pytest.raises(SystemExit, match=r"bad.csv: 'lsst' needs all of its 6 columns; missing \['lsst_y'\]"):
