@@ -131,6 +131,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: The instruction-set extensions that decide this suite's numbers (fp32 FMA width; native bf16 and int8 units).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """Which of CPU_FLAGS the CPU reports, space-separated in that order: two machines of one model name differ
+    by them (an "AMD EPYC" with AVX2 only multiplied bf16 matrices at 0.56-1.4 GFLOP/s, one with AVX512-BF16 at
+    ~830), and so do their fp32 step times and bf16 results (docs/measurements.md)."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in CPU_FLAGS if f in present) or "none of " + " ".join(CPU_FLAGS)
+    except OSError:
+        pass
+    return "unknown"
+
+
 def environment() -> dict:
     """The machine and software a result was measured on, with the thread counts and the BLAS in use."""
     import numpy as np
@@ -139,6 +157,7 @@ def environment() -> dict:
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "hostname": platform.node(),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "load_average_1min_at_start": round(os.getloadavg()[0], 2),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

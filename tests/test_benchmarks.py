@@ -15,7 +15,7 @@ BENCHMARKS = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 from batches import model_config, synthetic_batches, synthetic_columns
-from common import log_log_slope, slow_dtype, timed, timed_pairs
+from common import cpu_flags, log_log_slope, slow_dtype, timed, timed_pairs
 from training_speed import (
     flop_counter_check,
     flop_terms,
@@ -126,6 +126,15 @@ def test_synthetic_columns_are_in_the_catalog_layout():
 def test_log_log_slope_recovers_a_power_law():
     x = [10.0, 50.0, 200.0]
     assert log_log_slope(x, [3.0 * v**1.5 for v in x]) == pytest.approx(1.5)
+
+
+def test_cpu_flags_names_the_deciding_extensions_in_a_fixed_order(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx512_bf16 avx2 avx512f fma vaes\n")
+    assert cpu_flags(cpuinfo) == "avx2 fma avx512f avx512_bf16"
+    cpuinfo.write_text("flags\t\t: fpu sse2\n")
+    assert cpu_flags(cpuinfo) == "none of avx2 fma avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16"
+    assert cpu_flags(tmp_path / "absent") == "unknown"
 
 
 def test_timed_rejects_no_repeats():
