@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "statistics stay float32): faster on GPUs and on CPUs with bf16 units (AVX512-BF16, "
                              "AMX), refused where bf16 products are not native")
     parser.add_argument("--compile", action="store_true",
-                        help="compile the transformer blocks first (torch.compile; faster on large tables, a C++ "
+                        help="compile the encoder first (torch.compile; faster on large tables, a C++ "
                              "compiler on a CPU)")
     return parser
 
