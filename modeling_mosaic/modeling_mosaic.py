@@ -21,7 +21,6 @@ This file is remote code: it imports only numpy, torch, transformers and (relati
 """
 
 import math
-import types
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -508,7 +507,7 @@ class MosaicModel(MosaicPreTrainedModel):
         so their query shapes together would soon reach dynamo's recompile limit and run eager. Each new query shape
         compiles first (seconds); on a CPU, inductor needs a C++ compiler."""
         encode = torch.compile(type(self)._encode, **compile_kwargs)  # unbound, so a deep copy binds to the copy
-        self._encode = types.MethodType(encode, self)
+        self._encode = encode.__get__(self)
         return self
 
     def _encode(self, normalised, visible, errors, token_ids, elements=None, keep=None):
