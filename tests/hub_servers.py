@@ -259,8 +259,8 @@ class OlahServer:
 
     def __enter__(self) -> str:
         if not self.executable.is_file():
-            raise RuntimeError(f"olah is not installed ({self.executable} is missing): run `make install`, which "
-                               "creates .venv-olah with olah==0.5.4")
+            raise RuntimeError(f"olah is not installed ({self.executable} is missing): run `make test` (or `make "
+                               ".venv-olah/bin/olah-cli`), which creates .venv-olah with olah==0.5.4")
         self.mirrors_root.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="olah-"))
         port = free_port()

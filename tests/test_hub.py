@@ -108,7 +108,7 @@ def folder_files(folder) -> dict:
 
 
 def test_missing_olah_venv_is_an_error_that_says_how_to_fix_it(tmp_path):
-    with pytest.raises(RuntimeError, match="run `make install`"), OlahServer(tmp_path / "mirrors", venv=tmp_path / "x"):
+    with pytest.raises(RuntimeError, match="run `make test`"), OlahServer(tmp_path / "mirrors", venv=tmp_path / "x"):
         pass
 
 
