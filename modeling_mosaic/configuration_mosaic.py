@@ -268,12 +268,10 @@ class MosaicConfig(PretrainedConfig):
     def num_elements(self) -> int:
         return sum(MODALITIES[n].length for n in self.modalities)
 
-    def flatten(self, columns, argument="inputs"):
-        """Modality columns in physical units -> (N, num_elements) float32, NaN where a modality is absent.
-
-        Scalars are (N,) or (N, 1), vectors (N, length); other columns (ids, modalities this model does not
-        use) are ignored. `argument` names the caller's argument in error messages.
-        """
+    def column_arrays(self, columns, argument="inputs") -> dict:
+        """This model's modality columns as float32 arrays, checked: at least one, each (N,) or (N, 1) for a scalar
+        and (N, length) for a vector, the same N for all. Other columns (ids, modalities this model does not use)
+        are left out. `argument` names the caller's argument in error messages."""
         given = {n: v for n, v in columns.items() if n in self.modalities}
         if not given:
             raise ValueError(f"{argument}: no modality columns; expected some of {', '.join(self.modalities)}")
@@ -282,13 +280,21 @@ class MosaicConfig(PretrainedConfig):
         if len(set(sizes.values())) != 1 or None in sizes.values():
             raise ValueError(f"{argument}: every modality needs the same number of rows, got {sizes}")
         n_rows = next(iter(sizes.values()))
-        flat = np.full((n_rows, self.num_elements), np.nan, dtype=np.float32)
         for name, array in arrays.items():
             length = MODALITIES[name].length
             if array.shape != (n_rows, length) and not (length == 1 and array.shape == (n_rows,)):
                 shape = "(N,)" if length == 1 else f"(N, {length})"
                 raise ValueError(f"{argument}[{name!r}] has shape {array.shape}; expected {shape} with length {length}")
-            flat[:, self.modality_slices[name]] = array.reshape(n_rows, length)
+        return arrays
+
+    def flatten(self, columns, argument="inputs"):
+        """Modality columns in physical units -> (N, num_elements) float32, NaN where a modality is absent
+        (`column_arrays` says which columns count and checks their shapes)."""
+        arrays = self.column_arrays(columns, argument)
+        n_rows = len(next(iter(arrays.values())))
+        flat = np.full((n_rows, self.num_elements), np.nan, dtype=np.float32)
+        for name, array in arrays.items():
+            flat[:, self.modality_slices[name]] = array.reshape(n_rows, MODALITIES[name].length)
         return flat
 
     def unflatten(self, flat, names):

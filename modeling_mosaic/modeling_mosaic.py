@@ -658,8 +658,9 @@ class MosaicModel(MosaicPreTrainedModel):
                 raise ValueError(f"{argument}: {name!r} is not in this model; it knows {known}")
         return [n for n in self.config.modalities if n in names]
 
-    def _flat_errors(self, errors, names, num_rows) -> np.ndarray | None:
-        """The user's `errors` dict -> (N, D) physical errors, NaN where none is given; None without errors."""
+    def _error_arrays(self, errors, names, num_rows) -> dict | None:
+        """The user's `errors` dict, checked against the inputs' modalities `names` and `num_rows` -> float32
+        arrays per modality; None without errors."""
         if not errors:
             return None
         if not self.config.error_inputs:
@@ -668,10 +669,16 @@ class MosaicModel(MosaicPreTrainedModel):
         unknown = [n for n in errors if n not in names]
         if unknown:
             raise ValueError(f"errors: {unknown} are not among the given inputs {names}")
-        flat = self.config.flatten(errors, argument="errors")
-        if flat.shape[0] != num_rows:
-            raise ValueError(f"errors: {flat.shape[0]} rows, but the inputs have {num_rows}")
-        return flat
+        arrays = self.config.column_arrays(errors, argument="errors")
+        rows = len(next(iter(arrays.values())))
+        if rows != num_rows:
+            raise ValueError(f"errors: {rows} rows, but the inputs have {num_rows}")
+        return arrays
+
+    def _flat_errors(self, errors, names, num_rows) -> np.ndarray | None:
+        """The user's `errors` dict -> (N, D) physical errors, NaN where none is given; None without errors."""
+        arrays = self._error_arrays(errors, names, num_rows)
+        return None if arrays is None else self.config.flatten(arrays, argument="errors")
 
     def _prepare(self, flat: np.ndarray, flat_errors: np.ndarray | None, rows: slice, elements: torch.Tensor):
         """Physical (N, D) values and errors (NaN or None = unknown) -> the encoder's inputs for `rows`, over
@@ -731,12 +738,11 @@ class MosaicModel(MosaicPreTrainedModel):
         and its last block on the target tokens only.
         """
         names = self._check_names(inputs, "inputs")
-        flat = self.config.flatten(inputs) if names else np.full((1, self.config.num_elements), np.nan, np.float32)
-        flat_errors = self._flat_errors(errors, names, flat.shape[0])
-        given = np.isfinite(flat)
-        slices = self.config.modality_slices
+        arrays = self.config.column_arrays(inputs) if names else {}
+        num_rows = len(next(iter(arrays.values()))) if names else 1
+        error_arrays = self._error_arrays(errors, names, num_rows)
         if targets is None:
-            targets = [n for n in self.config.modalities if n not in names or not given[:, slices[n]].all()]
+            targets = [n for n in self.config.modalities if n not in arrays or not np.isfinite(arrays[n]).all()]
         targets = self._check_names([targets] if isinstance(targets, str) else targets, "targets")
         probabilistic = return_uncertainty or num_samples > 0 or redshift_grid is not None
         if probabilistic and not self.is_probabilistic:
@@ -750,29 +756,40 @@ class MosaicModel(MosaicPreTrainedModel):
         token_ids = self._token_ids(set(names) | set(targets))
         elements = self.layout.elements_of(token_ids)
         keep, outputs = self._asked(token_ids, targets)
+        columns = np.concatenate([np.arange(self.config.num_elements)[self.config.modality_slices[n]] for n in targets])
         generator = torch.Generator().manual_seed(int(seed))
-        points, summaries = [], []
-        for start in range(0, flat.shape[0], batch_size):
+        predicted, summaries = [], []
+        for start in range(0, num_rows, batch_size):
+            # The flat (B, D) layout a batch at a time: a whole table's would be mostly NaN for a query of a few
+            # modalities (467 floats a galaxy where LSST has 6), and cost a first touch of its memory.
             rows = slice(start, start + batch_size)
-            means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, rows, token_ids, elements,
-                                                                   keep, outputs)
-            points.append(self.to_physical(means, targets, outputs))
+            flat = self._flat_rows(arrays, rows)
+            flat_errors = None if error_arrays is None else self._flat_rows(error_arrays, rows)
+            given = np.isfinite(flat)
+            means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, slice(None), token_ids,
+                                                                   elements, keep, outputs)
+            points = self.to_physical(means, targets, outputs)
+            predicted.append(np.where(given[:, columns], flat[:, columns], points).astype(np.float32))
             if probabilistic:
                 # A given element's spread was never trained (and is replaced by the given value below); keep
                 # it from overflowing the physical moments of a log-transformed modality.
-                is_given = torch.from_numpy(given[rows][:, outputs.cpu().numpy()]).to(log_variances.device)
+                is_given = torch.from_numpy(given[:, outputs.cpu().numpy()]).to(log_variances.device)
                 log_variances = log_variances.masked_fill(is_given, -LOG_VARIANCE_LIMIT)
-                knots = self._pit_knots(given[rows])
-                summaries.append(self._summaries(means, log_variances, mixture, outputs, knots, targets,
-                                                 return_uncertainty, num_samples, grid, generator))
-        columns = np.concatenate([np.arange(flat.shape[1])[slices[n]] for n in targets])
-        predicted = np.where(given[:, columns], flat[:, columns], np.concatenate(points)).astype(np.float32)
-        parts = np.split(predicted, np.cumsum([MODALITIES[n].length for n in targets])[:-1], axis=1)
+                summary = self._summaries(means, log_variances, mixture, outputs, self._pit_knots(given), targets,
+                                          return_uncertainty, num_samples, grid, generator)
+                summaries.append(self._given_as_given(summary, flat, given, grid))
+        parts = np.split(np.concatenate(predicted), np.cumsum([MODALITIES[n].length for n in targets])[:-1], axis=1)
         output = {n: part[:, 0] if MODALITIES[n].is_scalar else part for n, part in zip(targets, parts)}
         if summaries:
-            joined = {key: np.concatenate([s[key] for s in summaries]) for key in summaries[0]}
-            output.update(self._given_as_given(joined, flat, given, grid))
+            output.update({key: np.concatenate([s[key] for s in summaries]) for key in summaries[0]})
         return output
+
+    def _flat_rows(self, arrays: dict, rows: slice) -> np.ndarray:
+        """`rows` of checked modality arrays (`column_arrays`) -> their flat (B, D) layout, NaN where a modality is
+        absent; one all-NaN row without arrays (a query of the prior)."""
+        if not arrays:
+            return np.full((1, self.config.num_elements), np.nan, np.float32)
+        return self.config.flatten({n: a[rows] for n, a in arrays.items()})
 
     def _asked(self, token_ids: torch.Tensor, targets) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the tokens of the `targets` sit in a query's `token_ids` (the only final states it needs), and
@@ -1060,16 +1077,18 @@ class MosaicModel(MosaicPreTrainedModel):
         "all", the mean over every visible token (zeros for a galaxy with nothing visible). The encoder sees
         only the given modalities' tokens; `errors` as in `predict`. Returns name -> float32 (N, hidden_size)."""
         names = self._check_names(inputs, "inputs")
-        flat = self.config.flatten(inputs)
-        flat_errors = self._flat_errors(errors, names, flat.shape[0])
+        arrays = self.config.column_arrays(inputs)
+        num_rows = len(next(iter(arrays.values())))
+        error_arrays = self._error_arrays(errors, names, num_rows)
         token_ids = self._token_ids(names)
         elements = self.layout.elements_of(token_ids)
         pool = self.layout.modality_pool[[self.config.modalities.index(n) for n in names]][:, token_ids]
-        outputs = {n: np.zeros((flat.shape[0], self.config.hidden_size), np.float32) for n in names + ["all"]}
-        for start in range(0, flat.shape[0], batch_size):
+        outputs = {n: np.zeros((num_rows, self.config.hidden_size), np.float32) for n in names + ["all"]}
+        for start in range(0, num_rows, batch_size):
             rows = slice(start, start + batch_size)
-            hidden_states, token_visible = self._encode(*self._prepare(flat, flat_errors, rows, elements),
-                                                        token_ids, elements)
+            flat_errors = None if error_arrays is None else self._flat_rows(error_arrays, rows)
+            batch = self._prepare(self._flat_rows(arrays, rows), flat_errors, slice(None), elements)
+            hidden_states, token_visible = self._encode(*batch, token_ids, elements)
             hidden_states = hidden_states.float()
             per_modality = torch.einsum("mt,bth->bmh", pool, hidden_states).cpu().numpy()
             for m, name in enumerate(names):
