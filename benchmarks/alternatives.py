@@ -150,9 +150,9 @@ def _mask(batch, config):
     from modeling_mosaic.modeling_mosaic import MosaicLayout, visible_attention_mask
 
     layout = MosaicLayout(config)
-    _, present = layout.normalize(batch["values"])
+    normalised, present = layout.normalize(batch["values"])
     visible = batch["input_mask"] & present
-    token_visible = (layout.patches(visible.float(), torch.arange(layout.num_tokens)) > 0).any(dim=-1)
+    _, token_visible = layout.features(normalised, visible, None, torch.arange(layout.num_tokens))
     return visible_attention_mask(token_visible, torch.float32)
 
 

@@ -89,6 +89,15 @@ def per_token(bank: torch.Tensor, token_modality: torch.Tensor) -> torch.Tensor:
     return bank.index_select(0, token_modality)
 
 
+def narrow_slots(bank: torch.Tensor, dim: int, patch_size: int, width: int) -> torch.Tensor:
+    """A weight bank whose dimension `dim` runs over k per-slot blocks of `patch_size` -> the first `width` slots of
+    each block: what a query's patches narrowed to `width` (`MosaicLayout.width`) meet."""
+    if width == patch_size:
+        return bank
+    blocks = bank.unflatten(dim, (-1, patch_size)).narrow(dim + 1, 0, width)
+    return blocks.flatten(dim, dim + 1)
+
+
 @dataclass
 class MosaicModelOutput(ModelOutput):
     """Output of `MosaicModel.forward`.
@@ -170,6 +179,7 @@ class MosaicLayout(nn.Module):
             "token_elements": torch.as_tensor(token_elements, dtype=torch.long),
             "token_modality": torch.as_tensor(token_modality, dtype=torch.long),
             "slot_is_element": torch.as_tensor(np.flatnonzero(token_elements < num_elements), dtype=torch.long),
+            "continues_patch": torch.as_tensor(element_slot > 0, dtype=torch.float32),
             "modality_pool": torch.as_tensor(modality_pool, dtype=torch.float32),
             "loss_weight": torch.as_tensor([config.loss_weights[n] for n in config.modalities], dtype=torch.float32),
             "log": torch.as_tensor(np.concatenate(transform["log"]), dtype=torch.bool),
@@ -224,39 +234,52 @@ class MosaicLayout(nn.Module):
         learning-space values."""
         return normalised.float() * self._table("std", elements).float() + self._table("mean", elements).float()
 
-    def patches(self, flat: torch.Tensor, token_ids: torch.Tensor, elements: torch.Tensor | None = None):
-        """(B, E) values of `elements` (default all D; `elements_of(token_ids)` or a superset) -> the chosen
-        tokens' zero-padded patches (B, T', P)."""
-        index = self.token_elements[token_ids]
+    def width(self, elements: torch.Tensor | None = None) -> int:
+        """The patch width a query over `elements` (default all D) needs: no token of it holds more elements than
+        the query has, so a query of few elements (redshift from LSST: 7) drops the padding slots of the widest
+        patch (32) from its patches, embeddings and heads. A static shape, so a compiled graph has no sync."""
+        return self.patch_size if elements is None else min(self.patch_size, elements.numel())
+
+    def slots(self, token_ids: torch.Tensor, width: int) -> torch.Tensor:
+        """(T', width) flat index of each slot of the chosen tokens' patches; padding points one past the end."""
+        return self.token_elements[token_ids, :width]
+
+    def features(self, normalised, visible, errors, token_ids, elements=None, steps: bool = True):
+        """(B, E) normalised values, visibility and normalised errors (None: no error inputs) over `elements`
+        (default all D; `elements_of(token_ids)` or more whole tokens) -> the chosen tokens' embedding inputs
+        (B, T', W k), slot by slot: W = `width(elements)` slots of k features [value, visible, step (`steps`),
+        error], zero in padding slots; and which tokens have something visible (B, T'). The features are stacked
+        per element and gathered into patches in one pass."""
+        shown = visible.to(normalised.dtype)
+        rows = [normalised, shown] + ([self.steps(normalised, shown, elements)] if steps else [])
+        rows += [] if errors is None else [errors.to(normalised.dtype)]
+        index = self.slots(token_ids, self.width(elements))
         if elements is not None:
-            position = torch.full((self.mean.numel() + 1,), elements.numel(), dtype=torch.long, device=flat.device)
-            position[elements] = torch.arange(elements.numel(), device=flat.device)
+            position = torch.full((self.mean.numel() + 1,), elements.numel(), dtype=torch.long, device=index.device)
+            position[elements] = torch.arange(elements.numel(), device=index.device)
             index = position[index]
-        padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
-        return padded[:, index]
+        stacked = F.pad(torch.stack(rows, dim=-1), (0, 0, 0, 1))  # (B, E + 1, k): padding reads the zero row
+        patches = stacked.index_select(1, index.flatten()).view(*normalised.shape[:1], *index.shape, len(rows))
+        return patches.flatten(2), patches[..., 1].amax(dim=-1) > 0
 
-    def steps(self, patches: torch.Tensor, patch_visible: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """Normalised patches (B, T', P) -> each element's step from the previous element of its patch, in
-        learning space over the step's spread; 0 at a patch's first slot and where either is not visible."""
-        index = self.token_elements[token_ids]  # padding points one past the end: give it a neutral entry
-
-        def table(name, fill):
-            values = getattr(self, name).float()
-            return torch.cat([values, values.new_full((1,), fill)])[index]
-
-        learned = patches.float() * table("std", 1.0) + table("mean", 0.0)
-        steps = (learned[..., 1:] - learned[..., :-1]) / table("step_std", 1.0)[:, 1:]
-        both = patch_visible[..., 1:] * patch_visible[..., :-1]
-        return F.pad((steps * both).clamp(-INPUT_CLIP, INPUT_CLIP), (1, 0)).to(patches.dtype)
+    def steps(self, normalised: torch.Tensor, shown: torch.Tensor, elements: torch.Tensor | None = None):
+        """(B, E) normalised values and visibility (1 or 0) over `elements` (whole tokens) -> each element's step
+        from the previous element of its patch, in learning space over the step's spread; 0 at a patch's first
+        slot and where either is not visible. A token's elements are adjacent columns, so the previous element of
+        a patch is the previous column."""
+        learned = self.to_learning_space(normalised, elements)
+        steps = (learned[:, 1:] - learned[:, :-1]) / self._table("step_std", elements).float()[1:]
+        both = shown[:, 1:] * shown[:, :-1] * self._table("continues_patch", elements)[1:]
+        return F.pad((steps * both).clamp(-INPUT_CLIP, INPUT_CLIP), (1, 0)).to(normalised.dtype)
 
     def unpatch(self, patches: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """The chosen tokens' patches (B, T', P) -> their elements (B, E), in the order of `elements_of(token_ids)`
+        """The chosen tokens' patches (B, T', W) -> their elements (B, E), in the order of `elements_of(token_ids)`
         (tokens and slots run in element order), dropping the padding. With every token (training) the kept slots
         are a fixed table: no shape that depends on data, so a compiled training step is one graph."""
-        if token_ids.numel() == self.num_tokens:
+        if token_ids.numel() == self.num_tokens and patches.shape[-1] == self.patch_size:
             keep = self.slot_is_element
         else:
-            keep = torch.nonzero(self.token_elements[token_ids].flatten() < self.mean.numel()).flatten()
+            keep = torch.nonzero(self.slots(token_ids, patches.shape[-1]).flatten() < self.mean.numel()).flatten()
         return patches.reshape(patches.shape[0], -1)[:, keep]
 
 
@@ -271,6 +294,7 @@ class MosaicEmbeddings(nn.Module):
     def __init__(self, config: MosaicConfig, num_tokens: int, patch_size: int):
         super().__init__()
         num_modalities, hidden = len(config.modalities), config.hidden_size
+        self.patch_size = patch_size
         features = (2 + config.step_inputs + config.error_inputs) * patch_size
         self.weight = nn.Parameter(torch.empty(num_modalities, features, hidden))
         self.bias = nn.Parameter(torch.empty(num_modalities, hidden))
@@ -279,14 +303,17 @@ class MosaicEmbeddings(nn.Module):
         self.mask = nn.Parameter(torch.empty(hidden))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, patches, patch_visible, patch_steps, patch_errors, token_ids, token_modality):
-        per_element = [f for f in (patches, patch_visible, patch_steps, patch_errors) if f is not None]
-        features = torch.cat(per_element, dim=-1).to(self.weight.dtype)
+    def forward(self, features, token_visible, token_ids, token_modality):
+        """features (B, T', W k) and token_visible (B, T') from `MosaicLayout.features` -> (B, T', H). The weight
+        bank holds k blocks of P slots; each token's map is cut to the features' W slots and put slot by slot."""
+        blocks = self.weight.shape[1] // self.patch_size
+        weight = per_token(self.weight, token_modality).unflatten(1, (blocks, self.patch_size))
+        weight = weight[:, :, :features.shape[-1] // blocks].transpose(1, 2).flatten(1, 2)
+        features = features.to(self.weight.dtype)
         with full_precision(features):
-            embedded = torch.einsum("btf,tfh->bth", features, per_token(self.weight, token_modality))
+            embedded = torch.einsum("btf,tfh->bth", features, weight)
         embedded = embedded + per_token(self.bias + self.modality, token_modality) + self.position[token_ids]
-        is_query = ~(patch_visible > 0).any(dim=-1, keepdim=True)
-        return self.dropout(torch.where(is_query, embedded + self.mask, embedded))
+        return self.dropout(torch.where(token_visible[..., None], embedded, embedded + self.mask))
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -396,15 +423,17 @@ class MosaicHeads(nn.Module):
     def __init__(self, config: MosaicConfig, patch_size: int):
         super().__init__()
         num_modalities = len(config.modalities)
+        self.patch_size = patch_size
         outputs = (2 if config.head_type == "gaussian" else 1) * patch_size
         self.weight = nn.Parameter(torch.empty(num_modalities, config.hidden_size, outputs))
         self.bias = nn.Parameter(torch.empty(num_modalities, outputs))
 
-    def forward(self, hidden_states, token_modality):
+    def forward(self, hidden_states, token_modality, width: int):
+        """-> (B, T', k * width): the first `width` slots of each of the k outputs (`MosaicLayout.width`)."""
+        weight = narrow_slots(per_token(self.weight, token_modality), 2, self.patch_size, width)
+        bias = narrow_slots(per_token(self.bias, token_modality), 1, self.patch_size, width)
         with full_precision(hidden_states):
-            hidden_states = hidden_states.to(self.weight.dtype)
-            return (torch.einsum("bth,thp->btp", hidden_states, per_token(self.weight, token_modality))
-                    + per_token(self.bias, token_modality))
+            return torch.einsum("bth,thp->btp", hidden_states.to(self.weight.dtype), weight) + bias
 
 
 class RedshiftMixtureHead(nn.Module):
@@ -515,15 +544,10 @@ class MosaicModel(MosaicPreTrainedModel):
         visible (B, T')). Inputs are (B, E) over `elements` (default all D); `errors`: normalised errors for a
         model with `error_inputs`, else unused. `keep`: positions in `token_ids` of the tokens whose final states
         are wanted (default all): the last block computes only those (B, K, H)."""
-        token_modality = self.layout.token_modality[token_ids]
-        patches = self.layout.patches(normalised, token_ids, elements)
-        patch_visible = self.layout.patches(visible.to(normalised.dtype), token_ids, elements)
-        patch_errors = None
-        if self.config.error_inputs:
-            patch_errors = self.layout.patches(errors.to(normalised.dtype), token_ids, elements)
-        patch_steps = self.layout.steps(patches, patch_visible, token_ids) if self.config.step_inputs else None
-        token_visible = (patch_visible > 0).any(dim=-1)
-        hidden_states = self.embeddings(patches, patch_visible, patch_steps, patch_errors, token_ids, token_modality)
+        errors = errors if self.config.error_inputs else None
+        features, token_visible = self.layout.features(normalised, visible, errors, token_ids, elements,
+                                                       self.config.step_inputs)
+        hidden_states = self.embeddings(features, token_visible, token_ids, self.layout.token_modality[token_ids])
         mask = visible_attention_mask(token_visible, hidden_states.dtype)
         for block in self.blocks[:-1]:
             hidden_states = block(hidden_states, mask)
@@ -533,8 +557,8 @@ class MosaicModel(MosaicPreTrainedModel):
         """Final states of the chosen tokens -> (means (B, E), log-variances (B, E) or None, redshift mixture
         (B, 3, K) or None), normalised, over their elements `elements = layout.elements_of(token_ids)` (None:
         every token's, E = D). For redshift the mean and the log-variance are the mixture's."""
-        patch = self.layout.patch_size
-        outputs = self.heads(hidden_states, self.layout.token_modality[token_ids])
+        patch = self.layout.width(elements)
+        outputs = self.heads(hidden_states, self.layout.token_modality[token_ids], patch)
         means = self.layout.unpatch(outputs[..., :patch], token_ids)
         if not self.is_probabilistic:
             return means, None, None

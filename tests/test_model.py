@@ -147,6 +147,36 @@ def test_few_token_predict_matches_full_sequence(model, targets):
         np.testing.assert_allclose(predicted[name], expected[name], rtol=1e-5)
 
 
+@pytest.mark.parametrize("names", [["redshift", "lsst"], ["sfh", "lsst"]])
+def test_embedding_features_hold_each_slots_value_visibility_and_step(model, names):
+    """`MosaicLayout.features` against its definition, slot by slot: a chosen token's slot holds its element's
+    value, visibility and step from the slot before (learning space over the step's spread; 0 at a patch's
+    first slot and where either is hidden), a padding slot zeros; the patches are as wide as the query needs
+    (redshift + LSST: 7 slots, not 32); and a query's features are the full sequence's for those tokens."""
+    layout, rng = model.layout, np.random.default_rng(4)
+    values = torch.from_numpy(model.config.flatten(synthetic_columns(rng, 3)))
+    normalised, present = layout.normalize(values)
+    visible = present & torch.from_numpy(rng.random(values.shape) < 0.7)
+    token_ids = model._token_ids(names)
+    elements = layout.elements_of(token_ids)
+    features, token_visible = layout.features(normalised[:, elements], visible[:, elements], None, token_ids,
+                                              elements)
+    width = min(layout.patch_size, elements.numel())
+    assert features.shape == (3, token_ids.numel(), width * 3)
+    learned, shown = layout.to_learning_space(normalised), visible.float()
+    expected = torch.zeros(3, token_ids.numel(), width, 3)
+    for t, token in enumerate(token_ids.tolist()):
+        for slot, e in enumerate(layout.token_elements[token, :width].tolist()):
+            if e < layout.mean.numel():
+                step = (learned[:, e] - learned[:, e - 1]) / layout.step_std[e] * shown[:, e] * shown[:, e - 1]
+                expected[:, t, slot] = torch.stack([normalised[:, e], shown[:, e], step if slot else 0 * step], -1)
+    torch.testing.assert_close(features, expected.flatten(2), rtol=1e-6, atol=1e-6)
+    assert torch.equal(token_visible, expected[..., 1].amax(-1) > 0)
+    everything, _ = layout.features(normalised, visible, None, torch.arange(layout.num_tokens))
+    assert torch.equal(everything[:, token_ids, :width * 3], features)
+    assert not everything[:, token_ids, width * 3:].any()
+
+
 def test_predict_costs_the_tokens_given_and_asked_for(model):
     """The blocks run the query's tokens only (LSST's six bands are one token, each scalar one), and the last block
     projects and feeds forward only the asked-for tokens, the given ones serving there as keys and values. (Their
