@@ -9,6 +9,7 @@ The model's weights are freshly initialised: its speed does not depend on their 
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 
@@ -76,13 +77,10 @@ def block_time(model, fn) -> float:
     return spent[0]
 
 
-def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats: int, max_train: int,
-                   model_call=None) -> dict:
-    """Fit the evaluation's k-NN and gradient-boosting baselines on (at most `max_train`) train rows, as
-    evaluation/baselines.py does (its thread limit for fitting), and time their predictions on the test rows
-    (no thread limit: the same threads the model gets). With `model_call` (the model's prediction of the same
-    rows) k-NN's runs alternate with the model's: `model_speed_ratio` is the median over those rounds of the
-    model's speed over k-NN's, both timed in the same stretch of a machine whose speed drifts."""
+def fitted_baselines(train: dict, test: dict, target: str, condition: str, max_train: int,
+                     names=("knn", "hgb")) -> tuple[dict, np.ndarray, int]:
+    """The evaluation's baselines `names` fitted on (at most `max_train`) train rows as evaluation/baselines.py
+    fits them (its thread limit), with the test rows' features and the number of rows fitted."""
     from threadpoolctl import threadpool_limits
 
     from modeling_mosaic.evaluation.baselines import (
@@ -98,13 +96,23 @@ def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats
     rows = np.flatnonzero(np.isfinite(y))
     rows = rows[subsample_rows(len(rows), max_train)]
     X_train = condition_features(cond, {k: v[rows] for k, v in train.items()})
-    X_test = condition_features(cond, test)
-    out = {"n_train": len(rows), "rows": len(X_test)}
-    for name, estimator in make_estimators().items():
-        if name not in ("knn", "hgb"):  # the k-NN the target names, and the fastest predictor
-            continue
+    estimators = {name: e for name, e in make_estimators().items() if name in names}
+    for estimator in estimators.values():
         with threadpool_limits(THREADS):
             estimator.fit(X_train, y[rows])
+    return estimators, condition_features(cond, test), len(rows)
+
+
+def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats: int, max_train: int,
+                   model_call=None) -> dict:
+    """Fit the evaluation's k-NN and gradient-boosting baselines (`fitted_baselines`: the k-NN the target names,
+    and the fastest predictor) and time their predictions on the test rows (no thread limit: the same threads
+    the model gets). With `model_call` (the model's prediction of the same rows) k-NN's runs alternate with the
+    model's: `model_speed_ratio` is the median over those rounds of the model's speed over k-NN's, both timed in
+    the same stretch of a machine whose speed drifts."""
+    estimators, X_test, n_train = fitted_baselines(train, test, target, condition, max_train)
+    out = {"n_train": n_train, "rows": len(X_test)}
+    for name, estimator in estimators.items():
         if name == "knn" and model_call is not None:
             paired = timed_pairs(model_call, lambda e=estimator: e.predict(X_test), repeats=repeats, warmup=1)
             out[name] = {"batch_s": paired["reference_median_s"], "per_s": len(X_test) / paired["reference_median_s"],
@@ -131,18 +139,20 @@ def uncertainty_query_speed(model, inputs: dict, target: str, calibration: tuple
             "calibration_rows": len(calibration[1][target])}
 
 
-def compiled_query_speed(model, inputs: dict, target: str, repeats: int, reference: np.ndarray,
+def compiled_query_speed(model, inputs: dict, target: str, repeats: int, reference: np.ndarray, knn_call,
                          autocast=contextlib.nullcontext) -> dict:
     """Batch galaxies/s of one `predict` query with the encoder compiled (`compile_encoder`), in `autocast` (a
-    context factory: none, or bf16 autocast): the first call (compilation) timed on its own, and the largest
-    |difference| from the uncompiled float32 `reference` output."""
+    context factory: none, or bf16 autocast), timed in alternation with `knn_call` (k-NN's predict of the same
+    rows; `knn_speed_ratio` as `baseline_speed`'s `model_speed_ratio`): the first call (compilation) timed on its
+    own, and the largest |difference| from the uncompiled float32 `reference` output."""
     with autocast():
         start = time.perf_counter()
         first = model.predict(inputs, targets=[target])[target]
         compile_s = time.perf_counter() - start
-        batch = timed(lambda: model.predict(inputs, targets=[target]), repeats=repeats, warmup=1)
-    return {"per_s": len(first) / batch["median_s"], "batch_s": batch["median_s"], "first_call_s": compile_s,
-            "max_abs_diff": float(np.max(np.abs(first - reference)))}
+        paired = timed_pairs(lambda: model.predict(inputs, targets=[target]), knn_call, repeats=repeats, warmup=1)
+    return {"per_s": len(first) / paired["median_s"], "batch_s": paired["median_s"], "first_call_s": compile_s,
+            "max_abs_diff": float(np.max(np.abs(first - reference))), "knn_speed_ratio": paired["median_ratio"],
+            "knn_speed_ratios": paired["ratios"]}
 
 
 def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None, rows: int = 20_000,
@@ -187,9 +197,12 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
             result["compiled_bf16_skipped"] = bf16_skipped
         for name, target, condition in QUERIES:
             inputs = get_condition(condition).inputs(test)
-            result[name]["model_compiled"] = compiled_query_speed(model, inputs, target, repeats, references[name])
+            estimators, X_test, _ = fitted_baselines(train, test, target, condition, max_train, ["knn"])
+            knn_call = functools.partial(estimators["knn"].predict, X_test)
+            result[name]["model_compiled"] = compiled_query_speed(model, inputs, target, repeats, references[name],
+                                                                  knn_call)
             if not bf16_skipped:  # the fastest path where bf16 products are native (mosaic-predict --compile --bf16)
                 result[name]["model_compiled_bf16"] = compiled_query_speed(
-                    model, inputs, target, repeats, references[name],
+                    model, inputs, target, repeats, references[name], knn_call,
                     lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     return result

@@ -121,7 +121,8 @@ def _compiled_note(inf: dict) -> str:
     return (" With `compile_encoder()` (the encoder through torch.compile, `--compile` of the suite) the first "
             "call of each query compiles: " + "; ".join(
                 f"{k} {_g(c['first_call_s'])} s, outputs within {_g(c['max_abs_diff'])} of the plain float32 "
-                "encoder's" for k, c in compiled.items()) + "." + skipped)
+                "encoder's" + (f", {_g(c['knn_speed_ratio'])}x k-NN's speed (timed alternately)"
+                               if "knn_speed_ratio" in c else "") for k, c in compiled.items()) + "." + skipped)
 
 
 def catalog_section(results: dict) -> str:

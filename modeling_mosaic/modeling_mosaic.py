@@ -527,17 +527,36 @@ class MosaicModel(MosaicPreTrainedModel):
     def is_probabilistic(self) -> bool:
         return self.config.head_type == "gaussian"
 
-    def compile_encoder(self, **compile_kwargs) -> "MosaicModel":
+    def compile_encoder(self, batch_size: int = 4096, **compile_kwargs) -> "MosaicModel":
         """Compile the encoder in place with `torch.compile(**compile_kwargs)`, for `predict` and `embed` over large
         catalogs: a query's patches, embeddings, attention mask, blocks and final norm as one graph. A short
         query's time goes mostly to element-wise work (layer norms, GELU, residual adds, attention over a few tokens,
         the embeddings' gathers), which inductor fuses; the weights, their names and the outputs (to float32
         rounding) are unchanged. One compiled function, not one per block: a block's code is shared by every block,
-        so their query shapes together would soon reach dynamo's recompile limit and run eager. Each new query shape
-        compiles first (seconds); on a CPU, inductor needs a C++ compiler."""
+        so their query shapes together would soon reach dynamo's recompile limit and run eager. Each new query
+        compiles first (seconds); on a CPU, inductor needs a C++ compiler.
+
+        `batch_size`: the batch size you predict with. A smaller batch (a catalog's last, a short query) is padded
+        to it with empty galaxies, so a query runs one static-shape graph (`dynamic=False` unless given): under
+        dynamo's default a second batch size recompiles the query, and every later one, for any size, and those
+        graphs ran ~2x slower per galaxy on a CPU."""
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        compile_kwargs.setdefault("dynamic", False)
         encode = torch.compile(type(self)._encode, **compile_kwargs)  # unbound, so a deep copy binds to the copy
-        self._encode = encode.__get__(self)
+        self._compiled_encode, self._compiled_batch_size = encode.__get__(self), int(batch_size)
+        self._encode = self._padded_encode
         return self
+
+    def _padded_encode(self, normalised, visible, errors, token_ids, elements=None, keep=None):
+        """The compiled `_encode` on a batch padded with empty galaxies (nothing visible) to `compile_encoder`'s
+        batch size; the padding's states are dropped."""
+        rows = normalised.shape[0]
+        if rows < self._compiled_batch_size:
+            normalised, visible, errors = (x if x is None else torch.cat([x, x.new_zeros(
+                self._compiled_batch_size - rows, *x.shape[1:])]) for x in (normalised, visible, errors))
+        hidden_states, token_visible = self._compiled_encode(normalised, visible, errors, token_ids, elements, keep)
+        return hidden_states[:rows], token_visible[:rows]
 
     def _encode(self, normalised, visible, errors, token_ids, elements=None, keep=None):
         """Run the encoder on the chosen tokens only -> (final states (B, T', H), which tokens have something

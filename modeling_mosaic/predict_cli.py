@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -259,7 +260,10 @@ def main(argv=None) -> int:
     if args.compile:
         if not hasattr(model, "compile_encoder"):
             raise SystemExit(f"--compile: the code of checkpoint {args.model} predates compile_encoder")
-        model.compile_encoder()
+        if "batch_size" in inspect.signature(model.compile_encoder).parameters:
+            model.compile_encoder(batch_size=args.batch_size)  # the table's last batch is padded to it
+        else:
+            model.compile_encoder()
     columns = input_columns(schema.names, model.config.modalities)
     try:  # a missing or partial column is named before any work
         read_inputs(schema.empty_table(), model.config.modalities, args.input)
