@@ -64,9 +64,11 @@ def timed_pairs(fn, reference, repeats: int = 5, warmup: int = 1) -> dict:
             "median_ratio": statistics.median(ratios)}
 
 
-def matmul_runner(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu"):
+def matmul_runner(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu", library: str = "aten"):
     """A call of (m, k) x (k, n) matrix products lasting ~0.1 s at 100 GFLOP/s (a GPU: as many products) and the
-    FLOPs it does (2mkn each): the unit of the ceiling every speed of a process is compared with."""
+    FLOPs it does (2mkn each): the unit of the ceiling every speed of a process is compared with. `library`:
+    "aten" is torch.mm (MKL's sgemm for float32 on a CPU, what nn.Linear trains with); "onednn" the same product
+    through oneDNN's linear, which the model's CPU inference calls (`modeling_mosaic.linear`; float32, CPU)."""
     import torch
 
     dt = getattr(torch, dtype)
@@ -74,23 +76,47 @@ def matmul_runner(m: int, k: int, n: int, dtype: str = "float32", device: str = 
     b = torch.randn(k, n, device=device).to(dt)
     out = torch.empty(m, n, device=device, dtype=dt)
     inner = max(1, int(1e10 / (2.0 * m * k * n)))
+    if library == "onednn":
+        weight = b.t().contiguous()
 
-    def run():
-        for _ in range(inner):
-            torch.mm(a, b, out=out)
-
+        def run():
+            for _ in range(inner):
+                torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], "")
+    elif library == "aten":
+        def run():
+            for _ in range(inner):
+                torch.mm(a, b, out=out)
+    else:
+        raise ValueError(f"library must be 'aten' or 'onednn', got {library!r}")
     return run, 2.0 * m * k * n * inner
 
 
-def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu", repeats: int = 5) -> dict:
+def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu", repeats: int = 5,
+                library: str = "aten") -> dict:
     """FLOP/s of an (m, k) x (k, n) matrix product (`matmul_runner`), median over `repeats` after one warm-up."""
     import torch
 
-    run, flops = matmul_runner(m, k, n, dtype, device)
+    run, flops = matmul_runner(m, k, n, dtype, device, library)
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
     timing = timed(run, repeats=repeats, warmup=1, synchronize=sync)
-    return {"shape": [m, k, n], "dtype": dtype, "flops_per_s": flops / timing["median_s"],
+    return {"shape": [m, k, n], "dtype": dtype, "library": library, "flops_per_s": flops / timing["median_s"],
             "median_s": timing["median_s"] * 2.0 * m * k * n / flops}
+
+
+def onednn_over_aten(m: int, k: int, n: int, repeats: int = 5) -> dict | None:
+    """How much faster oneDNN's float32 linear runs an (m, k) x (k, n) product than torch.mm on this CPU, timed
+    alternately (`timed_pairs`); None where PyTorch has no oneDNN. On an AVX-512 AMD EPYC MKL's sgemm, behind
+    torch.mm, ran 170-180 GFLOP/s where oneDNN ran 410-420: a ceiling measured with torch.mm alone understates
+    the machine."""
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return None
+    onednn, flops = matmul_runner(m, k, n, library="onednn")
+    aten, _ = matmul_runner(m, k, n, library="aten")
+    paired = timed_pairs(onednn, aten, repeats=repeats, warmup=1)
+    return {"shape": [m, k, n], "speedup": paired["median_ratio"], "onednn_flops_per_s": flops / paired["median_s"],
+            "aten_flops_per_s": flops / paired["reference_median_s"]}
 
 
 def slow_dtype(dtype: str, device: str = "cpu", size: int = 256) -> str | None:

@@ -53,6 +53,14 @@ def training_section(results: dict) -> str:
                if "bf16_skipped" in r]
     if skipped:
         text += "\n\nbf16 autocast, " + "; ".join(skipped) + "."
+    onednn = results["train_demo"]["matmul"].get("float32_onednn")
+    if onednn:
+        text += (f"\n\nThe demo step trains its linears with torch.mm's kernel (MKL's sgemm on a CPU). oneDNN's "
+                 f"float32 linear ran the ceiling's product {_g(onednn['speedup'])}x as fast here (timed alternately: "
+                 f"{_g(_gflops(onednn['onednn_flops_per_s']))} against {_g(_gflops(onednn['aten_flops_per_s']))} "
+                 "GFLOP/s); "
+                 f"against that faster matmul the demo step's fp32 MFU is "
+                 f"{_g(results['train_demo']['fp32']['mfu_best_matmul'])}.")
     check = results["train_demo"].get("flop_counter")
     if check:
         text += (f"\n\nFLOP formula check (demo, forward + backward): FlopCounterMode counts "
@@ -94,8 +102,11 @@ def inference_section(results: dict) -> str:
             + _table(["query", "method", "rows", "galaxies/s", "single-row ms", "blocks' share",
                       "encoder at the matmul ceiling, galaxies/s"], rows)
             + "\n\nThe last column is the encoder's matmul FLOPs per galaxy (the tokens given and asked for only; "
-            "the last block projects and feeds forward the asked-for token alone) at the fp32 matmul rate measured "
-            "in the same process: no float32 implementation of this model on this machine predicts faster than that."
+            "the last block projects and feeds forward the asked-for token alone) at the faster of torch.mm's and "
+            "oneDNN's fp32 matmul rates measured in the same process (float32 inference runs its linears through "
+            "oneDNN" + (f", {_g(inf['matmul_onednn']['speedup'])}x torch.mm's rate here" if "matmul_onednn" in inf
+                        else "") + "): no float32 implementation of this model on this machine predicts faster than "
+            "that."
             + _uncertainty_note(inf)
             + _compiled_note(inf)
             + f"\n\nPeak RSS of the inference process (model, baselines, data): {_g(inf['peak_rss_gb'])} GB.")

@@ -134,6 +134,8 @@ def summary(results: dict) -> dict:
         "train_mfu_fp32": demo["fp32"]["mfu"],
         "train_samples_per_s": demo["fp32"]["samples_per_s"],
         "train_paper_mfu_fp32": results["train_paper"]["fp32"]["mfu"],
+        **({"train_mfu_fp32_best_matmul": demo["fp32"]["mfu_best_matmul"]} if "mfu_best_matmul" in demo["fp32"]
+           else {}),
         "infer_redshift_lsst_per_s": redshift["model"]["per_s"],
         "infer_redshift_single_row_ms": redshift["model"]["single_row_latency_ms"],
         "infer_stellar_mass_lsst_spherex_per_s": results["inference"]["stellar_mass_lsst_spherex"]["model"]["per_s"],

@@ -31,7 +31,7 @@ from batches import (
     training_collator,
     training_config,
 )
-from common import log_log_slope, matmul_runner, slow_dtype, timed, timed_pairs
+from common import log_log_slope, matmul_runner, onednn_over_aten, slow_dtype, timed, timed_pairs
 
 
 # --------------------------------------------------------------------------------------------- FLOPs
@@ -188,6 +188,10 @@ def training_benchmark(preset: str, catalog: str | None = None, cache_dir: str |
               "training_flops_per_sample": training_flops_per_sample(config)}
     result["fp32"] = step_speed(config, batches, repeats, ceiling_dtype="float32")
     result["matmul"] = {"float32": result["fp32"].pop("ceiling")}
+    onednn = onednn_over_aten(*ceiling_shape(config, batch_size), repeats=repeats)
+    if onednn:  # the step's MFU against the faster of the two float32 matmuls of this CPU
+        result["matmul"]["float32_onednn"] = onednn
+        result["fp32"]["mfu_best_matmul"] = result["fp32"]["mfu"] / max(1.0, onednn["speedup"])
     skipped = slow_dtype("bfloat16") if bf16 else None
     if skipped:
         result["bf16_skipped"] = skipped

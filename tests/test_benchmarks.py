@@ -61,12 +61,19 @@ def test_quick_suite_ratios_are_consistent(quick):
     assert fp32["samples_per_s"] * fp32["step_s"] == pytest.approx(fp32["batch_size"])
     assert results["summary"]["data_path_fraction"] == pytest.approx(results["data_path"]["batch_s"] / fp32["step_s"])
     assert demo["flop_counter"]["ratio_counted_to_analytic"] == pytest.approx(1.0, rel=1e-9)
-    # the inference bound: the encoder's FLOPs per galaxy at the same process's matmul rate
+    # and against the faster of torch.mm and oneDNN's linear (timed alternately), where PyTorch has oneDNN
+    onednn = demo["matmul"].get("float32_onednn")
+    speedup = max(1.0, onednn["speedup"]) if onednn else 1.0
+    assert fp32.get("mfu_best_matmul", fp32["mfu"]) == pytest.approx(fp32["mfu"] / speedup)
+    assert results["summary"].get("train_mfu_fp32_best_matmul", fp32["mfu"]) == pytest.approx(fp32["mfu"] / speedup)
+    # the inference bound: the encoder's FLOPs per galaxy at the same process's faster matmul rate
     inference = results["inference"]
+    onednn = inference.get("matmul_onednn")
+    speedup = max(1.0, onednn["speedup"]) if onednn else 1.0
     for query in ("redshift_lsst", "stellar_mass_lsst_spherex"):
         model = inference[query]["model"]
         assert model["ceiling_per_s"] == pytest.approx(
-            inference["matmul"]["flops_per_s"] / model["blocks_flops_per_galaxy"])
+            inference["matmul"]["flops_per_s"] * speedup / model["blocks_flops_per_galaxy"])
     # every measurement ran in its own process and reported its own peak memory
     for key in ("train_demo", "train_paper", "data_path", "inference", "catalog_data"):
         assert results[key]["peak_rss_gb"] > 0

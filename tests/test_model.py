@@ -183,6 +183,7 @@ def test_predict_costs_the_tokens_given_and_asked_for(model):
     final states equal the full encoder's: test_subsequence_predict_matches_full_sequence.)"""
     from torch.utils.flop_counter import FlopCounterMode
 
+    linears = (torch.ops.aten.addmm, torch.ops.mkldnn._linear_pointwise)  # the latter: CPU inference (`linear`)
     n, hidden, mlp, layers = 5, TINY["hidden_size"], TINY["intermediate_size"], TINY["num_hidden_layers"]
     inputs = {"lsst": synthetic_columns(np.random.default_rng(5), n)["lsst"]}
     qkv, rest = 2 * hidden * 3 * hidden, 2 * hidden * hidden + 2 * 2 * hidden * mlp  # FLOPs per token
@@ -190,7 +191,7 @@ def test_predict_costs_the_tokens_given_and_asked_for(model):
         counter = FlopCounterMode(display=False)
         with counter:
             model.predict(inputs, targets=targets)
-        linear_flops = counter.get_flop_counts()["MosaicBlock"][torch.ops.aten.addmm]
+        linear_flops = sum(counter.get_flop_counts()["MosaicBlock"].get(op, 0) for op in linears)
         assert linear_flops == n * (layers * tokens * qkv + ((layers - 1) * tokens + asked) * rest)
 
 
@@ -317,6 +318,38 @@ def test_compile_encoder_runs_every_query_compiled_and_changes_no_output_or_weig
     reloaded = MosaicModel.from_pretrained(tmp_path).eval()
     np.testing.assert_array_equal(reloaded.predict({"lsst": columns["lsst"]})["redshift"],
                                   plain.predict({"lsst": columns["lsst"]})["redshift"])
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_cpu_inference_linears_run_through_onednn_and_match_nn_linear(gelu):
+    """`linear`: with no gradient to record and no autocast, a float32 CPU linear (and its GELU) runs oneDNN's
+    fused op and gives nn.Linear's (and F.gelu's) values to float32 rounding; where a gradient is recorded, or
+    under bf16 autocast, it is nn.Linear's own op, and the gradient flows."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from modeling_mosaic.modeling_mosaic import linear
+
+    torch.manual_seed(0)
+    layer, x = torch.nn.Linear(64, 256), torch.randn(300, 2, 64)
+
+    def run(context, x):
+        counter = FlopCounterMode(display=False)
+        with context, counter:
+            out = linear(layer, x, gelu=gelu)
+        return out, {str(op).split(".")[-1] for op in counter.get_flop_counts()["Global"]}
+
+    reference = layer(x)
+    reference = torch.nn.functional.gelu(reference) if gelu else reference
+    fast, ops = run(torch.no_grad(), x)
+    assert ops == {"_linear_pointwise"}
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+    recorded, ops = run(torch.enable_grad(), x)
+    assert ops == {"addmm"} and torch.equal(recorded, reference)
+    recorded.sum().backward()
+    assert layer.weight.grad is not None
+    with torch.no_grad():
+        _, ops = run(torch.autocast("cpu", dtype=torch.bfloat16), x)
+    assert ops == {"addmm"}
 
 
 def test_embeddings_and_heads_stay_fp32_under_bf16_autocast(batch):
