@@ -103,14 +103,13 @@ def linear(layer: nn.Linear, hidden_states: torch.Tensor, gelu: bool = False) ->
     (inference), eager, through oneDNN's linear with the GELU fused into it: MKL's sgemm, which nn.Linear calls
     there, ran this model's products (one side the hidden size) at 170-180 GFLOP/s on an AVX-512 AMD EPYC where
     oneDNN ran them at 410-420. (Inductor lowers this op only for frozen weights: a compiled graph keeps
-    nn.Linear.)"""
-    weight = layer.weight
-    if (not torch.compiler.is_compiling() and hidden_states.device.type == "cpu"
-            and hidden_states.dtype == weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    nn.Linear; so does a layer that is not a plain nn.Linear, such as a quantized one.)"""
+    if (not torch.compiler.is_compiling() and type(layer) is nn.Linear and hidden_states.device.type == "cpu"
+            and hidden_states.dtype == layer.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))):
-        return torch.ops.mkldnn._linear_pointwise(hidden_states, weight, layer.bias, "gelu" if gelu else "none", [],
-                                                  "none" if gelu else "")
+            and not (torch.is_grad_enabled() and (hidden_states.requires_grad or layer.weight.requires_grad))):
+        activation, algorithm = ("gelu", "none") if gelu else ("none", "")
+        return torch.ops.mkldnn._linear_pointwise(hidden_states, layer.weight, layer.bias, activation, [], algorithm)
     hidden_states = layer(hidden_states)
     return F.gelu(hidden_states) if gelu else hidden_states
 
