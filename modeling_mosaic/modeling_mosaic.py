@@ -69,6 +69,9 @@ PDF_ROWS = 512
 #: Queries of at most this many tokens (redshift or stellar mass from LSST: two) attend through
 #: `few_token_attention`: the batched products cost 1.2-2.4x as much there, 0.9x at five tokens (4,096 galaxies).
 FEW_TOKENS = 4
+#: The fewest rows (tokens over the batch) a CPU inference linear sends to oneDNN (`linear`); the demo model's
+#: redshift query ran as fast either way at ~128 galaxies (256 rows).
+ONEDNN_MIN_ROWS = 256
 #: Redshifts at which `predict` tabulates the photo-z posterior by default.
 DEFAULT_REDSHIFT_GRID = np.linspace(0.0, 3.5, 351)
 DEFAULT_REDSHIFT_GRID.setflags(write=False)
@@ -103,13 +106,17 @@ def linear(layer: nn.Linear, hidden_states: torch.Tensor, gelu: bool = False) ->
     (inference), eager, through oneDNN's linear with the GELU fused into it: MKL's sgemm, which nn.Linear calls
     there, ran this model's products (one side the hidden size) at 170-180 GFLOP/s on an AVX-512 AMD EPYC where
     oneDNN ran them at 410-420. (Inductor lowers this op only for frozen weights: a compiled graph keeps
-    nn.Linear; so does a layer that is not a plain nn.Linear, such as a quantized one.)"""
+    nn.Linear; so does a layer that is not a plain nn.Linear, such as a quantized one.) Below ONEDNN_MIN_ROWS rows
+    oneDNN's per-call cost outweighs its speed: a single galaxy's prediction took 3.1 ms against 2.5."""
     if (not torch.compiler.is_compiling() and type(layer) is nn.Linear and hidden_states.device.type == "cpu"
+            and hidden_states.numel() >= ONEDNN_MIN_ROWS * hidden_states.shape[-1]
             and hidden_states.dtype == layer.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and not torch.is_autocast_enabled("cpu")
             and not (torch.is_grad_enabled() and (hidden_states.requires_grad or layer.weight.requires_grad))):
         activation, algorithm = ("gelu", "none") if gelu else ("none", "")
-        return torch.ops.mkldnn._linear_pointwise(hidden_states, layer.weight, layer.bias, activation, [], algorithm)
+        rows = hidden_states.reshape(-1, hidden_states.shape[-1])  # a 3-d input ran ~2x slower
+        out = torch.ops.mkldnn._linear_pointwise(rows, layer.weight, layer.bias, activation, [], algorithm)
+        return out.view(*hidden_states.shape[:-1], out.shape[-1])
     hidden_states = layer(hidden_states)
     return F.gelu(hidden_states) if gelu else hidden_states
 

@@ -1,5 +1,6 @@
 """MosaicModel and MosaicConfig: invariances the design promises, shapes, errors, persistence, and learning."""
 
+import contextlib
 import copy
 import json
 
@@ -322,12 +323,12 @@ def test_compile_encoder_runs_every_query_compiled_and_changes_no_output_or_weig
 
 @pytest.mark.parametrize("gelu", [False, True])
 def test_cpu_inference_linears_run_through_onednn_and_match_nn_linear(gelu):
-    """`linear`: with no gradient to record and no autocast, a float32 CPU linear (and its GELU) runs oneDNN's
-    fused op and gives nn.Linear's (and F.gelu's) values to float32 rounding; where a gradient is recorded, or
-    under bf16 autocast, it is nn.Linear's own op, and the gradient flows."""
+    """`linear`: with no gradient to record and no autocast, a float32 CPU linear (and its GELU) of enough rows
+    runs oneDNN's fused op and gives nn.Linear's (and F.gelu's) values to float32 rounding; where a gradient is
+    recorded, under bf16 autocast, or for a few rows, it is nn.Linear's own op, and the gradient flows."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from modeling_mosaic.modeling_mosaic import linear
+    from modeling_mosaic.modeling_mosaic import ONEDNN_MIN_ROWS, linear
 
     torch.manual_seed(0)
     layer, x = torch.nn.Linear(64, 256), torch.randn(300, 2, 64)
@@ -349,7 +350,9 @@ def test_cpu_inference_linears_run_through_onednn_and_match_nn_linear(gelu):
     assert layer.weight.grad is not None
     with torch.no_grad():
         _, ops = run(torch.autocast("cpu", dtype=torch.bfloat16), x)
-    assert ops == {"addmm"}
+        assert ops == {"addmm"}
+        few, ops = run(contextlib.nullcontext(), x[:ONEDNN_MIN_ROWS // 2 - 1])  # fewer rows than ONEDNN_MIN_ROWS
+    assert ops == {"addmm"} and torch.equal(few, reference[:ONEDNN_MIN_ROWS // 2 - 1])
 
 
 def test_embeddings_and_heads_stay_fp32_under_bf16_autocast(batch):
