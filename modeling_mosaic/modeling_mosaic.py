@@ -560,9 +560,10 @@ class MosaicModel(MosaicPreTrainedModel):
         compiles first (seconds); on a CPU, inductor needs a C++ compiler.
 
         `batch_size`: the batch size you predict with. A smaller batch (a catalog's last, a short query) is padded
-        to it with empty galaxies, so a query runs one static-shape graph (`dynamic=False` unless given): under
-        dynamo's default a second batch size recompiles the query, and every later one, for any size, and those
-        graphs ran ~2x slower per galaxy on a CPU."""
+        to it with empty galaxies, so a query runs one static-shape graph (`dynamic=False` unless given). Under
+        dynamo's default a second batch size recompiles the query as one graph for any batch size, and the
+        queries compiled after it are compiled so from the start; on a CPU such a graph took ~24 ms for 3,616
+        galaxies where the static one took 13.8 ms for 4,096."""
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         compile_kwargs.setdefault("dynamic", False)
