@@ -106,7 +106,7 @@ def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", device: str = "c
 def onednn_over_aten(m: int, k: int, n: int, repeats: int = 5) -> dict | None:
     """How much faster oneDNN's float32 linear runs an (m, k) x (k, n) product than torch.mm on this CPU, timed
     alternately (`timed_pairs`); None where PyTorch has no oneDNN. On an AVX-512 AMD EPYC MKL's sgemm, behind
-    torch.mm, ran 170-180 GFLOP/s where oneDNN ran 410-420: a ceiling measured with torch.mm alone understates
+    torch.mm, ran 168-190 GFLOP/s where oneDNN ran 403-424: a ceiling measured with torch.mm alone understates
     the machine."""
     import torch
 

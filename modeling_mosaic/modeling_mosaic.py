@@ -104,8 +104,8 @@ def narrow_slots(bank: torch.Tensor, dim: int, patch_size: int, width: int) -> t
 def linear(layer: nn.Linear, hidden_states: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """`layer(hidden_states)`, then the (erf) GELU if asked. On a CPU in float32 with no gradient to record
     (inference), eager, through oneDNN's linear with the GELU fused into it: MKL's sgemm, which nn.Linear calls
-    there, ran this model's products (one side the hidden size) at 170-180 GFLOP/s on an AVX-512 AMD EPYC where
-    oneDNN ran them at 410-420. (Inductor lowers this op only for frozen weights: a compiled graph keeps
+    there, ran this model's products (one side the hidden size) at 168-190 GFLOP/s on an AVX-512 AMD EPYC where
+    oneDNN ran them at 403-424. (Inductor lowers this op only for frozen weights: a compiled graph keeps
     nn.Linear; so does a layer that is not a plain nn.Linear, such as a quantized one.) Below ONEDNN_MIN_ROWS rows
     oneDNN's per-call cost outweighs its speed: a single galaxy's prediction took 3.1 ms against 2.5."""
     if (not torch.compiler.is_compiling() and type(layer) is nn.Linear and hidden_states.device.type == "cpu"
