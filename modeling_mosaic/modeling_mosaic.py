@@ -365,6 +365,16 @@ def few_token_attention(query, key, value, attention_mask, scaling, dropout=0.0)
     return (weights[..., None] * value[:, None]).sum(dim=2)
 
 
+def pair_attention(query, key, value, attention_mask, scaling):
+    """`few_token_attention` over exactly two keys, in two passes: a softmax over two scores is the logistic
+    function of their difference, q.k0 - q.k1 = q.(k0 - k1), and the output moves from the second value to the
+    first by that weight (`torch.lerp`, which is exact at weights 0 and 1: a hidden key's value does not leak
+    through rounding). Same arguments and result."""
+    mask = attention_mask[:, 0]
+    logit = torch.add(mask[..., :1] - mask[..., 1:], (query * (key[:, :1] - key[:, 1:])).sum(dim=-1), alpha=scaling)
+    return torch.lerp(value[:, None, 1], value[:, None, 0], torch.sigmoid(logit)[..., None])
+
+
 def visible_attention_mask(token_visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive (B, 1, T, T) mask: a token attends to every token with something visible and to itself."""
     num_tokens = token_visible.shape[1]
@@ -376,7 +386,8 @@ def visible_attention_mask(token_visible: torch.Tensor, dtype: torch.dtype) -> t
 
 class MosaicAttention(nn.Module):
     """Multi-head self-attention through transformers' attention interface (SDPA by default), or for a query of at
-    most FEW_TOKENS tokens `few_token_attention`, whatever the interface."""
+    most FEW_TOKENS tokens `few_token_attention` (of two, without dropout, `pair_attention`), whatever the
+    interface."""
 
     def __init__(self, config: MosaicConfig):
         super().__init__()
@@ -397,7 +408,10 @@ class MosaicAttention(nn.Module):
         if tokens <= FEW_TOKENS:
             query, key, value = qkv.unbind(dim=2)
             query = query if keep is None else query[:, keep]
-            output = few_token_attention(query, key, value, attention_mask, self.scaling, dropout)
+            if tokens == 2 and not dropout:
+                output = pair_attention(query, key, value, attention_mask, self.scaling)
+            else:
+                output = few_token_attention(query, key, value, attention_mask, self.scaling, dropout)
             return linear(self.out, output.reshape(batch, query.shape[1], hidden))
         query, key, value = qkv.permute(2, 0, 3, 1, 4)
         if keep is not None:

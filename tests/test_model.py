@@ -234,12 +234,14 @@ def test_sdpa_matches_eager(model, batch):
 
 @pytest.mark.parametrize("tokens", range(1, 5))
 def test_few_token_attention_matches_eager(tokens):
-    """The broadcast attention of short queries gives the batched products' result: every query row, a kept subset
-    of them, and keys the mask hides (given values 1e4 times the others, so a leak would show)."""
+    """The broadcast attention of short queries, and for two tokens the logistic form, give the batched products'
+    result: every query row, a kept subset of them, and keys the mask hides (given values 1e4 times the others,
+    so a leak would show, through the mask or through rounding)."""
     from modeling_mosaic.modeling_mosaic import (
         FEW_TOKENS,
         eager_attention_forward,
         few_token_attention,
+        pair_attention,
         visible_attention_mask,
     )
 
@@ -257,6 +259,9 @@ def test_few_token_attention_matches_eager(tokens):
         got = few_token_attention(query[:, keep], key, value, mask[:, :, keep], scaling=head_dim**-0.5)
         assert got.shape == (batch, len(keep), heads, head_dim)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        if tokens == 2:
+            pair = pair_attention(query[:, keep], key, value, mask[:, :, keep], scaling=head_dim**-0.5)
+            torch.testing.assert_close(pair, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("head_type", ["point", "gaussian"])
