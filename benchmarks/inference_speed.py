@@ -155,12 +155,32 @@ def compiled_query_speed(model, inputs: dict, target: str, repeats: int, referen
             "knn_speed_ratios": paired["ratios"]}
 
 
+def large_reference_knn(model, catalog: str, test: dict, cache_dir, repeats: int) -> dict:
+    """k-NN's redshift from LSST fitted on every training row of `catalog` (the paper preset's 185,247: a reference
+    set of a real survey's size) against the model on the same test rows, timed alternately. A k-NN query walks a
+    tree over its reference set, so its cost grows with it; the model's does not depend on its training set."""
+    from modeling_mosaic.evaluation.conditions import get_condition
+
+    train = _split_columns(catalog, "train", ["redshift", "lsst"], cache_dir)
+    inputs = get_condition("lsst").inputs(test)
+    start = time.perf_counter()
+    estimators, X_test, n_train = fitted_baselines(train, test, "redshift", "lsst", len(train["redshift"]), ["knn"])
+    fit_s = time.perf_counter() - start
+    paired = timed_pairs(lambda: model.predict(inputs, targets=["redshift"]),
+                         functools.partial(estimators["knn"].predict, X_test), repeats=repeats, warmup=1)
+    return {"n_train": n_train, "k": estimators["knn"].k_, "fit_s": fit_s, "rows": len(X_test),
+            "per_s": len(X_test) / paired["reference_median_s"], "model_speed_ratio": paired["median_ratio"],
+            "model_speed_ratios": paired["ratios"]}
+
+
 def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None, rows: int = 20_000,
                         repeats: int = 5, single_repeats: int = 30, max_train: int = 20_000,
-                        compile_model: bool = False, calibration_rows: int = 4000) -> dict:
+                        compile_model: bool = False, calibration_rows: int = 4000,
+                        reference_catalog: str | None = None) -> dict:
     """Worker: every query of QUERIES for the model of configs/PRESET.yaml and for the baselines, and for the model
-    with uncertainties (calibrated on `calibration_rows` training rows); with `compile_model` also for the model
-    with its encoder compiled (torch.compile, inductor), in float32 and, where bf16 products are native, under bf16
+    with uncertainties (calibrated on `calibration_rows` training rows); with `reference_catalog` also k-NN fitted
+    on all of that catalog's training rows (`large_reference_knn`); with `compile_model` also for the model with its
+    encoder compiled (torch.compile, inductor), in float32 and, where bf16 products are native, under bf16
     autocast."""
     import torch
 
@@ -187,6 +207,9 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
         # The most the encoder could do here: its matmul FLOPs per galaxy at the faster measured matmul rate.
         model_result = result[name]["model"]
         model_result["ceiling_per_s"] = ceiling / model_result["blocks_flops_per_galaxy"]
+    if reference_catalog is not None:
+        result["redshift_lsst"]["knn_large_reference"] = large_reference_knn(model, reference_catalog, test,
+                                                                             cache_dir, repeats)
     for name, target, condition in QUERIES:
         held_out = {k: v[:calibration_rows] for k, v in train.items()}
         calibration = (get_condition(condition).inputs(held_out), {target: held_out[target]})
