@@ -372,7 +372,8 @@ def pair_attention(query, key, value, attention_mask, scaling):
     through rounding). Same arguments and result."""
     mask = attention_mask[:, 0]
     logit = torch.add(mask[..., :1] - mask[..., 1:], (query * (key[:, :1] - key[:, 1:])).sum(dim=-1), alpha=scaling)
-    return torch.lerp(value[:, None, 1], value[:, None, 0], torch.sigmoid(logit)[..., None])
+    weight = torch.sigmoid(logit).to(value.dtype)  # float32 with the mask, as the softmax of few_token_attention
+    return torch.lerp(value[:, None, 1], value[:, None, 0], weight[..., None])
 
 
 def visible_attention_mask(token_visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

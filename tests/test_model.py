@@ -262,6 +262,13 @@ def test_few_token_attention_matches_eager(tokens):
         if tokens == 2:
             pair = pair_attention(query[:, keep], key, value, mask[:, :, keep], scaling=head_dim**-0.5)
             torch.testing.assert_close(pair, expected, rtol=1e-5, atol=1e-5)
+            # under bf16 autocast the projections are bf16 and the mask float32: the output is bf16, as the
+            # broadcast path's, and as close to its result as bf16 rounding allows (values of one scale)
+            low = [x.bfloat16() for x in (query[:, keep], key, torch.randn(value.shape, generator=generator))]
+            pair = pair_attention(*low, mask[:, :, keep], scaling=head_dim**-0.5)
+            broadcast = few_token_attention(*low, mask[:, :, keep], scaling=head_dim**-0.5)
+            assert pair.dtype == broadcast.dtype == torch.bfloat16
+            torch.testing.assert_close(pair.float(), broadcast.float(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("head_type", ["point", "gaussian"])
