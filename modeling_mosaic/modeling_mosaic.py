@@ -366,10 +366,10 @@ def few_token_attention(query, key, value, attention_mask, scaling, dropout=0.0)
 
 
 def pair_attention(query, key, value, attention_mask, scaling):
-    """`few_token_attention` over exactly two keys, in two passes: a softmax over two scores is the logistic
-    function of their difference, q.k0 - q.k1 = q.(k0 - k1), and the output moves from the second value to the
-    first by that weight (`torch.lerp`, which is exact at weights 0 and 1: a hidden key's value does not leak
-    through rounding). Same arguments and result."""
+    """`few_token_attention` over exactly two keys: a softmax over two scores is the logistic function of their
+    difference, q.k0 - q.k1 = q.(k0 - k1), so one product of the query's size is formed instead of two and their
+    weighted sum; the output moves from the second value to the first by that weight (`torch.lerp`, exact at
+    weights 0 and 1: a hidden key's value does not leak through rounding). Same arguments and result."""
     mask = attention_mask[:, 0]
     logit = torch.add(mask[..., :1] - mask[..., 1:], (query * (key[:, :1] - key[:, 1:])).sum(dim=-1), alpha=scaling)
     weight = torch.sigmoid(logit).to(value.dtype)  # float32 with the mask, as the softmax of few_token_attention
