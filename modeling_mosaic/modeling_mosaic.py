@@ -101,21 +101,41 @@ def narrow_slots(bank: torch.Tensor, dim: int, patch_size: int, width: int) -> t
     return blocks.flatten(dim, dim + 1)
 
 
+def onednn_linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
+    """oneDNN's linear of 2-d `rows` (a 3-d input ran ~2x slower), with the erf GELU fused into it if asked."""
+    activation, algorithm = ("gelu", "none") if gelu else ("none", "")
+    return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, activation, [], algorithm)
+
+
+def _register_onednn_linear():
+    """`onednn_linear` as the custom op mosaic::onednn_linear, which torch.compile keeps as a call between its
+    fused kernels: inductor lowers oneDNN's own op only for frozen weights, and a compiled nn.Linear runs MKL's
+    sgemm. Registered once per process, where both the package and a Hub copy of this file are imported."""
+    if not hasattr(torch.ops.mosaic, "onednn_linear"):
+        op = torch.library.custom_op("mosaic::onednn_linear", onednn_linear, mutates_args=())
+        op.register_fake(lambda rows, weight, bias, gelu: rows.new_empty(rows.shape[0], weight.shape[0]))
+    return torch.ops.mosaic.onednn_linear
+
+
+COMPILED_ONEDNN_LINEAR = _register_onednn_linear()
+#: Whether this PyTorch build has oneDNN, read once: torch.compile breaks its graph at a call of `is_available`.
+ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
+
+
 def linear(layer: nn.Linear, hidden_states: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """`layer(hidden_states)`, then the (erf) GELU if asked. On a CPU in float32 with no gradient to record
-    (inference), eager, through oneDNN's linear with the GELU fused into it: MKL's sgemm, which nn.Linear calls
-    there, ran this model's products (one side the hidden size) at 168-190 GFLOP/s on an AVX-512 AMD EPYC where
-    oneDNN ran them at 403-424. (Inductor lowers this op only for frozen weights: a compiled graph keeps
-    nn.Linear; so does a layer that is not a plain nn.Linear, such as a quantized one.) Below ONEDNN_MIN_ROWS rows
-    oneDNN's per-call cost outweighs its speed: a single galaxy's prediction took 3.1 ms against 2.5."""
-    if (not torch.compiler.is_compiling() and type(layer) is nn.Linear and hidden_states.device.type == "cpu"
+    (inference), through oneDNN's linear with the GELU fused into it (compiled: COMPILED_ONEDNN_LINEAR): MKL's
+    sgemm, which nn.Linear calls there, ran this model's products (one side the hidden size) at 168-190 GFLOP/s on
+    an AVX-512 AMD EPYC where oneDNN ran them at 403-424. A layer that is not a plain nn.Linear (a quantized one)
+    keeps its own op. Below ONEDNN_MIN_ROWS rows oneDNN's per-call cost outweighs its speed: a single galaxy's
+    prediction took 3.1 ms against 2.5."""
+    if (type(layer) is nn.Linear and hidden_states.device.type == "cpu"
             and hidden_states.numel() >= ONEDNN_MIN_ROWS * hidden_states.shape[-1]
-            and hidden_states.dtype == layer.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and hidden_states.dtype == layer.weight.dtype == torch.float32 and ONEDNN_AVAILABLE
             and not torch.is_autocast_enabled("cpu")
             and not (torch.is_grad_enabled() and (hidden_states.requires_grad or layer.weight.requires_grad))):
-        activation, algorithm = ("gelu", "none") if gelu else ("none", "")
-        rows = hidden_states.reshape(-1, hidden_states.shape[-1])  # a 3-d input ran ~2x slower
-        out = torch.ops.mkldnn._linear_pointwise(rows, layer.weight, layer.bias, activation, [], algorithm)
+        fused = COMPILED_ONEDNN_LINEAR if torch.compiler.is_compiling() else onednn_linear
+        out = fused(hidden_states.reshape(-1, hidden_states.shape[-1]), layer.weight, layer.bias, gelu)
         return out.view(*hidden_states.shape[:-1], out.shape[-1])
     hidden_states = layer(hidden_states)
     return F.gelu(hidden_states) if gelu else hidden_states

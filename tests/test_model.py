@@ -367,6 +367,33 @@ def test_cpu_inference_linears_run_through_onednn_and_match_nn_linear(gelu):
     assert ops == {"addmm"} and torch.equal(few, reference[:ONEDNN_MIN_ROWS // 2 - 1])
 
 
+@pytest.mark.parametrize("gelu", [False, True])
+def test_compiled_cpu_inference_linears_stay_onednn(gelu):
+    """Under torch.compile a float32 CPU inference linear of enough rows is traced, in one graph, as the custom op
+    mosaic::onednn_linear (inductor would run a compiled nn.Linear through MKL's sgemm) and gives nn.Linear's
+    values; where a gradient is recorded the graph has nn.Linear's own op."""
+    from modeling_mosaic.modeling_mosaic import linear
+
+    torch.manual_seed(0)
+    layer, x = torch.nn.Linear(64, 256), torch.randn(300, 2, 64)
+    graphs = []
+
+    def capture(graph, example_inputs):
+        graphs.append({str(node.target) for node in graph.graph.nodes if node.op == "call_function"})
+        return graph.forward
+
+    compiled = torch.compile(lambda x: linear(layer, x, gelu=gelu), backend=capture, fullgraph=True)
+    reference = layer(x)
+    reference = torch.nn.functional.gelu(reference) if gelu else reference
+    with torch.no_grad():
+        got = compiled(x)
+    assert "mosaic.onednn_linear" in graphs[-1]
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-6)
+    recorded = compiled(x)
+    assert not any("onednn" in target for target in graphs[-1]) and len(graphs) == 2
+    torch.testing.assert_close(recorded, reference, rtol=0, atol=0)
+
+
 def test_embeddings_and_heads_stay_fp32_under_bf16_autocast(batch):
     """Under bf16 mixed precision the embeddings and every head compute exactly what they compute in fp32
     from the same inputs (the blocks between them run in bf16)."""
