@@ -634,7 +634,13 @@ class MosaicModel(MosaicPreTrainedModel):
     def _decode(self, hidden_states, token_ids, elements=None):
         """Final states of the chosen tokens -> (means (B, E), log-variances (B, E) or None, redshift mixture
         (B, 3, K) or None), normalised, over their elements `elements = layout.elements_of(token_ids)` (None:
-        every token's, E = D). For redshift the mean and the log-variance are the mixture's."""
+        every token's, E = D). For redshift the mean and the log-variance are the mixture's: a query of redshift
+        alone (a photo-z) skips the per-token heads."""
+        if self.redshift_head is not None and token_ids.numel() == 1 < self.layout.num_tokens and (
+                int(token_ids[0]) == self.layout.redshift_token):
+            mixture = self.redshift_head(hidden_states[:, 0])
+            mean, log_variance = (x[:, None].to(self.heads.weight.dtype) for x in mixture_moments(mixture))
+            return mean, log_variance, mixture
         patch = self.layout.width(elements)
         outputs = self.heads(hidden_states, self.layout.token_modality[token_ids], patch)
         means = self.layout.unpatch(outputs[..., :patch], token_ids)
