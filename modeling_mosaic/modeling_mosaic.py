@@ -323,7 +323,7 @@ class MosaicLayout(nn.Module):
             keep = self.slot_is_element
         else:
             keep = torch.nonzero(self.slots(token_ids, patches.shape[-1]).flatten() < self.mean.numel()).flatten()
-        return patches.reshape(patches.shape[0], -1)[:, keep]
+        return patches.reshape(patches.shape[0], -1).index_select(1, keep)  # backward: a plain add, not index_put
 
 
 class MosaicEmbeddings(nn.Module):
