@@ -804,7 +804,7 @@ class MosaicModel(MosaicPreTrainedModel):
         learned = self.layout.errors_to_learning(values, errors, elements)
         return normalised.to(self.dtype), present, self.layout.normalize_errors(learned, present, elements)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(
         self,
         inputs: dict,
@@ -916,7 +916,7 @@ class MosaicModel(MosaicPreTrainedModel):
             means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], outputs)
         return means, log_variances, mixture
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def cdf(self, inputs: dict, values: dict, batch_size: int = 4096, errors: dict | None = None) -> dict:
         """The predictive CDF of scalar targets at `values` given `inputs`, calibrated as `predict` calibrates
         (the shift, temperature and PIT map of the `config.calibration` entry matching each row).
@@ -1012,7 +1012,7 @@ class MosaicModel(MosaicPreTrainedModel):
         entry = next((e for e in self.config.calibration if e["given"] == ranges), {})
         return {k: dict(entry.get(k, {})) for k in ("temperature", "shift", "pit_knots")}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def calibrate(self, inputs: dict, truth: dict, targets: list | None = None, batch_size: int = 4096,
                   errors: dict | None = None) -> dict:
         """Fit, on held-out galaxies of known truth, a shift and a temperature per target for the query
@@ -1179,7 +1179,7 @@ class MosaicModel(MosaicPreTrainedModel):
             output[key] = array.astype(np.float32)
         return output
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def embed(self, inputs: dict, batch_size: int = 4096, errors: dict | None = None) -> dict:
         """Latent vectors for plots and probes: for each given modality the mean final state of its tokens, and
         "all", the mean over every visible token (zeros for a galaxy with nothing visible). The encoder sees
