@@ -122,23 +122,54 @@ COMPILED_ONEDNN_LINEAR = _register_onednn_linear()
 ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
 
 
+class OneDNNLinear(torch.autograd.Function):
+    """A linear of 2-d float32 CPU rows that trains through oneDNN: the forward and the input's gradient (a linear
+    by the transposed weight) run oneDNN's op; the weight's gradient, a product over the rows, stays torch.mm's
+    (through oneDNN it needs transposed copies of both operands, and the step ran 0.97x)."""
+
+    @staticmethod
+    def forward(ctx, rows, weight, bias):
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        return onednn_linear(rows, weight, bias, False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_rows = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_rows = onednn_linear(grad, weight.t().contiguous(), None, False)
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.t().mm(rows)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_rows, grad_weight, grad_bias
+
+
 def linear(layer: nn.Linear, hidden_states: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """`layer(hidden_states)`, then the (erf) GELU if asked. On a CPU in float32 with no gradient to record
-    (inference), through oneDNN's linear with the GELU fused into it (compiled: COMPILED_ONEDNN_LINEAR): MKL's
-    sgemm, which nn.Linear calls there, ran this model's products (one side the hidden size) at 168-190 GFLOP/s on
-    an AVX-512 AMD EPYC where oneDNN ran them at 403-424. A layer that is not a plain nn.Linear (a quantized one)
-    keeps its own op. Below ONEDNN_MIN_ROWS rows oneDNN's per-call cost outweighs its speed: a single galaxy's
+    """`layer(hidden_states)`, then the (erf) GELU if asked. On a CPU in float32 through oneDNN: MKL's sgemm, which
+    nn.Linear calls there, ran this model's products (one side the hidden size) at 168-190 GFLOP/s on an AVX-512
+    AMD EPYC where oneDNN ran them at 403-424. With no gradient to record (inference) the GELU is fused into the op
+    (compiled: COMPILED_ONEDNN_LINEAR); in training `OneDNNLinear` carries the gradient, and a compiled training
+    step keeps nn.Linear for inductor. A layer that is not a plain nn.Linear (a quantized one) keeps its own op, and
+    so does bf16 autocast. Below ONEDNN_MIN_ROWS rows oneDNN's per-call cost outweighs its speed: a single galaxy's
     prediction took 3.1 ms against 2.5."""
-    if (type(layer) is nn.Linear and hidden_states.device.type == "cpu"
+    recorded = torch.is_grad_enabled() and (hidden_states.requires_grad or layer.weight.requires_grad)
+    if not (type(layer) is nn.Linear and hidden_states.device.type == "cpu"
             and hidden_states.numel() >= ONEDNN_MIN_ROWS * hidden_states.shape[-1]
             and hidden_states.dtype == layer.weight.dtype == torch.float32 and ONEDNN_AVAILABLE
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and (hidden_states.requires_grad or layer.weight.requires_grad))):
+            and not torch.is_autocast_enabled("cpu") and not (recorded and torch.compiler.is_compiling())):
+        hidden_states = layer(hidden_states)
+        return F.gelu(hidden_states) if gelu else hidden_states
+    rows = hidden_states.reshape(-1, hidden_states.shape[-1])
+    if recorded:
+        out = OneDNNLinear.apply(rows, layer.weight, layer.bias)
+        out = F.gelu(out) if gelu else out
+    else:
         fused = COMPILED_ONEDNN_LINEAR if torch.compiler.is_compiling() else onednn_linear
-        out = fused(hidden_states.reshape(-1, hidden_states.shape[-1]), layer.weight, layer.bias, gelu)
-        return out.view(*hidden_states.shape[:-1], out.shape[-1])
-    hidden_states = layer(hidden_states)
-    return F.gelu(hidden_states) if gelu else hidden_states
+        out = fused(rows, layer.weight, layer.bias, gelu)
+    return out.view(*hidden_states.shape[:-1], out.shape[-1])
 
 
 @dataclass

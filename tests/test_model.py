@@ -334,36 +334,47 @@ def test_compile_encoder_runs_every_query_compiled_and_changes_no_output_or_weig
 
 
 @pytest.mark.parametrize("gelu", [False, True])
-def test_cpu_inference_linears_run_through_onednn_and_match_nn_linear(gelu):
-    """`linear`: with no gradient to record and no autocast, a float32 CPU linear (and its GELU) of enough rows
-    runs oneDNN's fused op and gives nn.Linear's (and F.gelu's) values to float32 rounding; where a gradient is
-    recorded, under bf16 autocast, or for a few rows, it is nn.Linear's own op, and the gradient flows."""
+def test_cpu_linears_run_through_onednn_and_match_nn_linear(gelu):
+    """`linear`: a float32 CPU linear (and its GELU) of enough rows runs oneDNN's op, with no gradient to record (the
+    GELU fused into it) and in training (`OneDNNLinear`: the input's gradient through oneDNN too, the weight's
+    through torch.mm), with nn.Linear's values and gradients to float32 rounding; under bf16 autocast or for a few
+    rows it is nn.Linear's own op."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from modeling_mosaic.modeling_mosaic import ONEDNN_MIN_ROWS, linear
 
     torch.manual_seed(0)
     layer, x = torch.nn.Linear(64, 256), torch.randn(300, 2, 64)
+    activation = torch.nn.functional.gelu if gelu else (lambda t: t)
 
-    def run(context, x):
+    def run(context, fn):
         counter = FlopCounterMode(display=False)
         with context, counter:
-            out = linear(layer, x, gelu=gelu)
+            out = fn()
         return out, {str(op).split(".")[-1] for op in counter.get_flop_counts()["Global"]}
 
-    reference = layer(x)
-    reference = torch.nn.functional.gelu(reference) if gelu else reference
-    fast, ops = run(torch.no_grad(), x)
+    reference = activation(layer(x))
+    fast, ops = run(torch.no_grad(), lambda: linear(layer, x, gelu=gelu))
     assert ops == {"_linear_pointwise"}
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
-    recorded, ops = run(torch.enable_grad(), x)
-    assert ops == {"addmm"} and torch.equal(recorded, reference)
-    recorded.sum().backward()
-    assert layer.weight.grad is not None
+
+    upstream = torch.randn(reference.shape)
+    gradients = {}
+    for name, fn in (("nn.Linear", lambda t: activation(layer(t))), ("oneDNN", lambda t: linear(layer, t, gelu))):
+        layer.zero_grad()
+        inputs = x.clone().requires_grad_()
+        out, ops = run(torch.enable_grad(), lambda: fn(inputs))
+        assert ops == ({"addmm"} if name == "nn.Linear" else {"_linear_pointwise"})
+        _, backward_ops = run(contextlib.nullcontext(), lambda: out.backward(upstream))
+        assert backward_ops == ({"mm"} if name == "nn.Linear" else {"_linear_pointwise", "mm"})
+        gradients[name] = out.detach(), inputs.grad, layer.weight.grad.clone(), layer.bias.grad.clone()
+    for got, expected in zip(gradients["oneDNN"], gradients["nn.Linear"]):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
     with torch.no_grad():
-        _, ops = run(torch.autocast("cpu", dtype=torch.bfloat16), x)
+        _, ops = run(torch.autocast("cpu", dtype=torch.bfloat16), lambda: linear(layer, x, gelu=gelu))
         assert ops == {"addmm"}
-        few, ops = run(contextlib.nullcontext(), x[:ONEDNN_MIN_ROWS // 2 - 1])  # fewer rows than ONEDNN_MIN_ROWS
+        few, ops = run(contextlib.nullcontext(), lambda: linear(layer, x[:ONEDNN_MIN_ROWS // 2 - 1], gelu=gelu))
     assert ops == {"addmm"} and torch.equal(few, reference[:ONEDNN_MIN_ROWS // 2 - 1])
 
 
