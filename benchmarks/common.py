@@ -64,11 +64,27 @@ def timed_pairs(fn, reference, repeats: int = 5, warmup: int = 1) -> dict:
             "median_ratio": statistics.median(ratios)}
 
 
+def count_onednn_linear_flops() -> None:
+    """Teach FlopCounterMode oneDNN's linear, which the model's float32 CPU linears run (`modeling_mosaic.linear`:
+    inference, and training's forward and input gradient), counted as aten.addmm's: 2 x rows x the weight's size.
+    Registered once per process."""
+    import math
+
+    import torch
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    op = torch.ops.mkldnn._linear_pointwise
+    if op not in flop_registry:
+        register_flop_formula(op)(lambda x_shape, w_shape, *args, out_shape=None, **kwargs:
+                                  2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1])
+
+
 def matmul_runner(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu", library: str = "aten"):
     """A call of (m, k) x (k, n) matrix products lasting ~0.1 s at 100 GFLOP/s (a GPU: as many products) and the
     FLOPs it does (2mkn each): the unit of the ceiling every speed of a process is compared with. `library`:
-    "aten" is torch.mm (MKL's sgemm for float32 on a CPU, what nn.Linear trains with); "onednn" the same product
-    through oneDNN's linear, which the model's CPU inference calls (`modeling_mosaic.linear`; float32, CPU)."""
+    "aten" is torch.mm (MKL's sgemm for float32 on a CPU, what nn.Linear runs); "onednn" the same product through
+    oneDNN's linear, which the model's float32 CPU linears call (`modeling_mosaic.linear`: inference, and training's
+    forward and input gradient)."""
     import torch
 
     dt = getattr(torch, dtype)

@@ -55,12 +55,12 @@ def training_section(results: dict) -> str:
         text += "\n\nbf16 autocast, " + "; ".join(skipped) + "."
     onednn = results["train_demo"]["matmul"].get("float32_onednn")
     if onednn:
-        text += (f"\n\nThe demo step trains its linears with torch.mm's kernel (MKL's sgemm on a CPU). oneDNN's "
+        text += (f"\n\nThe table's fp32 ceiling is torch.mm's (MKL's sgemm on a CPU). The step runs its linears' "
+                 "forward and input gradient through oneDNN and their weight gradient through torch.mm; oneDNN's "
                  f"float32 linear ran the ceiling's product {_g(onednn['speedup'])}x as fast here (timed alternately: "
                  f"{_g(_gflops(onednn['onednn_flops_per_s']))} against {_g(_gflops(onednn['aten_flops_per_s']))} "
-                 "GFLOP/s); "
-                 f"against that faster matmul the demo step's fp32 MFU is "
-                 f"{_g(results['train_demo']['fp32']['mfu_best_matmul'])}.")
+                 "GFLOP/s), so the headline `train_mfu_fp32` is against that faster matmul: the demo step's fp32 "
+                 f"MFU is {_g(results['train_demo']['fp32']['mfu_best_matmul'])} of it.")
     check = results["train_demo"].get("flop_counter")
     if check:
         text += (f"\n\nFLOP formula check (demo, forward + backward): FlopCounterMode counts "

@@ -63,7 +63,8 @@ PLANS = {
 
 #: The issue's targets on a 2-core CPU: key -> (description, comparison, goal).
 TARGETS = {
-    "train_mfu_fp32": ("demo training step, fraction of the measured fp32 matmul rate", ">=", 0.5),
+    "train_mfu_fp32": ("demo training step, fraction of the measured fp32 matmul rate (the faster of torch.mm and "
+                       "oneDNN's linear)", ">=", 0.5),
     "infer_redshift_lsst_per_s": ("redshift from LSST, galaxies/s", ">=", 20_000),
     "infer_over_knn": ("redshift from LSST, model speed / k-NN predict speed (same rows, timed alternately)", ">=",
                        1.0),
@@ -135,12 +136,16 @@ def summary(results: dict) -> dict:
     demo = results["train_demo"]
     redshift = results["inference"]["redshift_lsst"]
     catalog = results.get("catalog_paper") or results["catalog_data"]
+    paper = results["train_paper"]
     out = {
-        "train_mfu_fp32": demo["fp32"]["mfu"],
+        # Against the faster fp32 matmul of the machine: the step's linears run oneDNN's where PyTorch has it, which
+        # ran 2.2x torch.mm's rate on an AMD EPYC (MKL without AVX-512), so that torch.mm's rate is no ceiling there
+        # (the paper config's step ran at 1.34 of it).
+        "train_mfu_fp32": demo["fp32"].get("mfu_best_matmul", demo["fp32"]["mfu"]),
+        "train_mfu_fp32_torch_mm": demo["fp32"]["mfu"],
         "train_samples_per_s": demo["fp32"]["samples_per_s"],
-        "train_paper_mfu_fp32": results["train_paper"]["fp32"]["mfu"],
-        **({"train_mfu_fp32_best_matmul": demo["fp32"]["mfu_best_matmul"]} if "mfu_best_matmul" in demo["fp32"]
-           else {}),
+        "train_paper_mfu_fp32": paper["fp32"].get("mfu_best_matmul", paper["fp32"]["mfu"]),
+        "train_paper_mfu_fp32_torch_mm": paper["fp32"]["mfu"],
         "infer_redshift_lsst_per_s": redshift["model"]["per_s"],
         "infer_redshift_single_row_ms": redshift["model"]["single_row_latency_ms"],
         "infer_stellar_mass_lsst_spherex_per_s": results["inference"]["stellar_mass_lsst_spherex"]["model"]["per_s"],

@@ -31,7 +31,15 @@ from batches import (
     training_collator,
     training_config,
 )
-from common import log_log_slope, matmul_runner, onednn_over_aten, slow_dtype, timed, timed_pairs
+from common import (
+    count_onednn_linear_flops,
+    log_log_slope,
+    matmul_runner,
+    onednn_over_aten,
+    slow_dtype,
+    timed,
+    timed_pairs,
+)
 
 
 # --------------------------------------------------------------------------------------------- FLOPs
@@ -82,6 +90,7 @@ def flop_counter_check(config, batch: dict) -> dict:
 
     from modeling_mosaic.modeling_mosaic import MosaicModel
 
+    count_onednn_linear_flops()
     model = MosaicModel(config)
     counter = FlopCounterMode(display=False)
     with counter:
