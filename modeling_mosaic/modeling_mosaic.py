@@ -999,6 +999,16 @@ class MosaicModel(MosaicPreTrainedModel):
         """A (D,) given-element mask -> {name: [[start, stop], ...]}, element ranges within each modality."""
         return {name: true_runs(given[s]) for name, s in self.config.modality_slices.items() if given[s].any()}
 
+    def _calibration_matches(self, given: np.ndarray):
+        """Each `config.calibration` entry with the rows of `given` (B, D) that give exactly its elements (B,).
+        Compared on the columns some row gives (a query's few of the D): an entry that gives any other element
+        matches no row. Against all D columns the five entries of the demo model took 7% of a photo-z."""
+        seen = given.any(axis=0)
+        narrowed = given[:, seen]
+        for entry in self.config.calibration:
+            mask = self.config.given_mask(entry["given"])
+            yield entry, (narrowed == mask[seen]).all(axis=1) & ~mask[~seen].any()
+
     def _recalibrate(self, means, log_variances, mixture, given: np.ndarray, elements: torch.Tensor):
         """Apply the `config.calibration` entry whose given elements match each row of `given` (B, D): move
         every target's distribution (B, E) over the query's `elements` by its shift d times the predicted
@@ -1006,8 +1016,7 @@ class MosaicModel(MosaicPreTrainedModel):
         spreads by the temperature t (log-variances by 2 log t, the mixture's log-scales by log t)."""
         log_t, shift = (np.zeros((len(given), len(elements)), dtype=np.float32) for _ in range(2))
         queried = set(self.config.modalities[m] for m in self.layout.element_modality[elements].unique().tolist())
-        for entry in self.config.calibration:
-            match = (given == self.config.given_mask(entry["given"])).all(axis=1)
+        for entry, match in self._calibration_matches(given):
             for name, temperature in entry["temperature"].items():
                 if name in queried:
                     log_t[match, self._columns(name, elements)] = math.log(temperature)
@@ -1027,8 +1036,7 @@ class MosaicModel(MosaicPreTrainedModel):
         """Each row's PIT map as its knots (B, J) (the identity for rows no entry maps), for every target some
         `config.calibration` entry maps: name -> knots."""
         knots = {}
-        for entry in self.config.calibration:
-            match = (given == self.config.given_mask(entry["given"])).all(axis=1)
+        for entry, match in self._calibration_matches(given):
             for name, entry_knots in entry.get("pit_knots", {}).items():
                 if name not in knots:
                     knots[name] = np.tile(np.linspace(0.0, 1.0, len(entry_knots)), (given.shape[0], 1))

@@ -470,6 +470,39 @@ def test_uncertainty_outputs_have_the_right_keys_shapes_and_are_never_nan(gaussi
         assert np.all(GRID[out["redshift_pdf"][:2].argmax(axis=1)] == 1.0)
 
 
+def test_each_row_of_a_mixed_batch_gets_the_calibration_entry_of_exactly_its_given_elements(gaussian_model):
+    """Rows giving different elements in one batch: a row's stellar-mass spread is scaled by the temperature of
+    the entry that `calibration_for` (an exact comparison of given ranges, one row at a time) names for it, and
+    by 1 where none matches: a row giving a subset or a superset of an entry's elements is not its."""
+    import copy
+
+    model = copy.deepcopy(gaussian_model)
+    model.config.calibration = []
+    entries = [({"lsst": [[0, 6]]}, 1.5), ({"lsst": [[0, 6]], "redshift": [[0, 1]]}, 2.0),
+               ({"lsst": [[0, 3]]}, 0.5), ({"redshift": [[0, 1]]}, 3.0), ({}, 0.25)]
+    model.config.calibration = [{"given": given, "temperature": {"log_stellar_mass": t},
+                                 "shift": {"log_stellar_mass": 0.0}} for given, t in entries]
+    rng = np.random.default_rng(5)
+    lsst = rng.normal(24.0, 1.0, (40, 6))
+    redshift = rng.uniform(0.1, 2.0, 40)
+    lsst[rng.random(40) < 0.3] = np.nan  # no photometry
+    lsst[rng.random(40) < 0.3, 3:] = np.nan  # u, g, r only
+    lsst[rng.random(40) < 0.2, 5] = np.nan  # no y
+    redshift[rng.random(40) < 0.5] = np.nan
+    redshift[:10] = np.nan  # the first batch of 10 gives no redshift at all
+    inputs = {"lsst": lsst, "redshift": redshift}
+    kwargs = {"targets": ["log_stellar_mass"], "return_uncertainty": True, "batch_size": 10}
+    calibrated = model.predict(inputs, **kwargs)["log_stellar_mass_std"]
+    calibration, model.config.calibration = model.config.calibration, []
+    raw = model.predict(inputs, **kwargs)["log_stellar_mass_std"]
+    model.config.calibration = calibration
+    expected = [model.calibration_for({"lsst": lsst[i:i + 1], "redshift": redshift[i:i + 1]}).get(
+        "temperature", {}).get("log_stellar_mass", 1.0) for i in range(40)]
+    assert len(set(expected)) == 6 and 1.5 in expected[:10]  # every entry and "none" occur
+    # The std in dex of a Gaussian in log mass: the temperature scales it exactly.
+    np.testing.assert_allclose(calibrated / raw, expected, rtol=1e-5)
+
+
 def test_a_target_is_answered_alike_alone_or_among_others_after_calibration(gaussian_model):
     """`predict` decodes only the elements of the tokens it runs, so each target's columns (and its calibration
     entry's, which may name targets the query does not ask for) are found among a different set of elements
