@@ -135,6 +135,31 @@ def onednn_over_aten(m: int, k: int, n: int, repeats: int = 5) -> dict | None:
             "aten_flops_per_s": flops / paired["reference_median_s"]}
 
 
+#: The matrix products of a step or a query as torch.profiler names them: oneDNN's linear (the float32 CPU linears
+#: and their input gradients), torch.mm and addmm (the weight gradients, nn.Linear elsewhere), and the batched
+#: products of attention and of the embeddings' and heads' einsums.
+PRODUCT_OPS = ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def products_time(fn, repeats: int = 3) -> dict:
+    """Seconds a call of `fn` spends in matrix products (PRODUCT_OPS' own time under torch.profiler) against its
+    whole time under the profiler, over `repeats` calls after a warm-up, and each product's part. What a call would
+    take if everything else (element-wise work, copies, Python) were free: a bound on any fusion's gain."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        total = (time.perf_counter() - start) / repeats
+    by_op = {e.key: e.self_cpu_time_total / 1e6 / repeats for e in prof.key_averages() if e.key in PRODUCT_OPS}
+    products = sum(by_op.values())
+    return {"products_s": products, "total_s": total, "fraction": products / total, "by_op_s": by_op,
+            "threads": torch.get_num_threads()}
+
+
 def slow_dtype(dtype: str, device: str = "cpu", size: int = 256) -> str | None:
     """Why products in `dtype` are not worth timing on this device, or None when they are: a CPU without native
     bf16 kernels (AVX2, no AVX-512) runs a bf16 matmul ~100x slower than fp32 (0.56 against 60 GFLOP/s on one

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 from batches import model_config
-from common import matmul_rate, onednn_over_aten, slow_dtype, timed, timed_pairs
+from common import matmul_rate, onednn_over_aten, products_time, slow_dtype, timed, timed_pairs
 from training_speed import flop_terms
 
 #: (name, target, condition of evaluation/conditions.py) of each timed query.
@@ -37,7 +37,8 @@ def _tile(columns: dict, rows: int) -> dict:
 
 def model_query_speed(model, inputs: dict, target: str, repeats: int, single_repeats: int) -> dict:
     """Batch galaxies/s and single-row latency of one `predict` query, with the transformer blocks' share of the
-    batch time (the rest: input flattening, normalisation, embeddings, heads, conversion to physical units)."""
+    batch time (the rest: input flattening, normalisation, embeddings, heads, conversion to physical units) and
+    the time in matrix products (`products_time`)."""
     from modeling_mosaic.modalities import MODALITIES
 
     rows = len(next(iter(inputs.values())))
@@ -55,7 +56,8 @@ def model_query_speed(model, inputs: dict, target: str, repeats: int, single_rep
     return {"rows": rows, "tokens": tokens, "blocks_flops_per_galaxy": flops_per_galaxy,
             "batch_s": batch["median_s"], "per_s": rows / batch["median_s"],
             "single_row_latency_ms": 1e3 * single["median_s"], "blocks_s": blocks,
-            "blocks_fraction": blocks / batch["median_s"], "blocks_flops_per_s": flops / blocks}
+            "blocks_fraction": blocks / batch["median_s"], "blocks_flops_per_s": flops / blocks,
+            "products": products_time(lambda: model.predict(inputs, targets=[target]), repeats)}
 
 
 def block_time(model, fn) -> float:
@@ -123,20 +125,14 @@ def baseline_speed(train: dict, test: dict, target: str, condition: str, repeats
     return out
 
 
-def uncertainty_query_speed(model, inputs: dict, target: str, calibration: tuple, repeats: int) -> dict:
+def uncertainty_query_speed(model, inputs: dict, target: str, repeats: int) -> dict:
     """Batch galaxies/s of one `predict` query with `return_uncertainty` (the mean and std, the percentiles and,
-    for redshift, the pdf on the default grid), the model calibrated for the query first on `calibration`
-    (inputs, truth) as a shipped model is: its PIT map is what the summaries of a scalar target go through. The
-    calibration is removed again afterwards."""
-    model.calibrate(*calibration, targets=[target])
-    try:
-        batch = timed(lambda: model.predict(inputs, targets=[target], return_uncertainty=True), repeats=repeats,
-                      warmup=1)
-    finally:
-        model.config.calibration = []
+    for redshift, the pdf on the default grid) of a model calibrated for the query: the PIT map of its entry is
+    what the summaries of a scalar target go through."""
+    batch = timed(lambda: model.predict(inputs, targets=[target], return_uncertainty=True), repeats=repeats,
+                  warmup=1)
     rows = len(next(iter(inputs.values())))
-    return {"rows": rows, "batch_s": batch["median_s"], "per_s": rows / batch["median_s"],
-            "calibration_rows": len(calibration[1][target])}
+    return {"rows": rows, "batch_s": batch["median_s"], "per_s": rows / batch["median_s"]}
 
 
 def compiled_query_speed(model, inputs: dict, target: str, repeats: int, reference: np.ndarray, knn_call,
@@ -178,10 +174,11 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
                         compile_model: bool = False, calibration_rows: int = 4000,
                         reference_catalog: str | None = None) -> dict:
     """Worker: every query of QUERIES for the model of configs/PRESET.yaml and for the baselines, and for the model
-    with uncertainties (calibrated on `calibration_rows` training rows); with `reference_catalog` also k-NN fitted
-    on all of that catalog's training rows (`large_reference_knn`); with `compile_model` also for the model with its
-    encoder compiled (torch.compile, inductor), in float32 and, where bf16 products are native, under bf16
-    autocast."""
+    with uncertainties; with `reference_catalog` also k-NN fitted on all of that catalog's training rows
+    (`large_reference_knn`); with `compile_model` also for the model with its encoder compiled (torch.compile,
+    inductor), in float32 and, where bf16 products are native, under bf16 autocast. The model is calibrated for
+    each query first, on `calibration_rows` training rows, as a shipped model is: `predict` matches every row to
+    its calibration entry and applies it, point predictions included."""
     import torch
 
     from modeling_mosaic.evaluation.conditions import get_condition
@@ -199,6 +196,10 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
     if onednn:  # the model's float32 inference runs its linears through oneDNN: its ceiling is the faster
         result["matmul_onednn"] = onednn
     ceiling = result["matmul"]["flops_per_s"] * max(1.0, onednn["speedup"] if onednn else 1.0)
+    held_out = {k: v[:calibration_rows] for k, v in train.items()}
+    for _, target, condition in QUERIES:
+        model.calibrate(get_condition(condition).inputs(held_out), {target: held_out[target]}, targets=[target])
+    result["calibration_rows"] = len(next(iter(held_out.values())))
     for name, target, condition in QUERIES:
         inputs = get_condition(condition).inputs(test)
         result[name] = {"model": model_query_speed(model, inputs, target, repeats, single_repeats),
@@ -207,14 +208,15 @@ def inference_benchmark(preset: str, catalog: str, cache_dir: str | None = None,
         # The most the encoder could do here: its matmul FLOPs per galaxy at the faster measured matmul rate.
         model_result = result[name]["model"]
         model_result["ceiling_per_s"] = ceiling / model_result["blocks_flops_per_galaxy"]
+        # k-NN's speed ratio for a query that spent time in nothing but its products (at their own rates).
+        knn = result[name]["baselines"]["knn"]
+        model_result["products"]["knn_ratio_bound"] = knn["batch_s"] / model_result["products"]["products_s"]
     if reference_catalog is not None:
         result["redshift_lsst"]["knn_large_reference"] = large_reference_knn(model, reference_catalog, test,
                                                                              cache_dir, repeats)
     for name, target, condition in QUERIES:
-        held_out = {k: v[:calibration_rows] for k, v in train.items()}
-        calibration = (get_condition(condition).inputs(held_out), {target: held_out[target]})
         result[name]["model_uncertainty"] = uncertainty_query_speed(model, get_condition(condition).inputs(test),
-                                                                    target, calibration, repeats)
+                                                                    target, repeats)
     if compile_model:
         references = {name: model.predict(get_condition(condition).inputs(test), targets=[target])[target]
                       for name, target, condition in QUERIES}

@@ -61,6 +61,15 @@ def training_section(results: dict) -> str:
                  f"{_g(_gflops(onednn['onednn_flops_per_s']))} against {_g(_gflops(onednn['aten_flops_per_s']))} "
                  "GFLOP/s), so the headline `train_mfu_fp32` is against that faster matmul: the demo step's fp32 "
                  f"MFU is {_g(results['train_demo']['fp32']['mfu_best_matmul'])} of it.")
+    products = results["train_demo"]["fp32"].get("products")
+    if products:
+        ops = ", ".join(f"{op.split('::')[1]} {_g(1e3 * t)}" for op, t in sorted(products["by_op_s"].items()))
+        text += (f"\n\nUnder torch.profiler the demo step spent {_g(products['fraction'])} of its time in matrix products "
+                 f"({_g(1e3 * products['products_s'])} of {_g(1e3 * products['total_s'])} ms; by op, ms: {ops}). "
+                 "A step that spent time in nothing else, its products at the rates they ran here, would have an "
+                 f"MFU against the faster matmul of {_g(products['mfu_bound'])} "
+                 "(`train_mfu_fp32_products_bound`): the most that fusing the rest (element-wise work, copies, "
+                 "Python) could give without faster products.")
     check = results["train_demo"].get("flop_counter")
     if check:
         text += (f"\n\nFLOP formula check (demo, forward + backward): FlopCounterMode counts "
@@ -111,10 +120,22 @@ def inference_section(results: dict) -> str:
             "oneDNN" + (f", {_g(inf['matmul_onednn']['speedup'])}x torch.mm's rate here" if "matmul_onednn" in inf
                         else "") + "): no float32 implementation of this model on this machine predicts faster than "
             "that."
+            + _products_note(inf)
             + _large_reference_note(inf)
             + _uncertainty_note(inf)
             + _compiled_note(inf)
             + f"\n\nPeak RSS of the inference process (model, baselines, data): {_g(inf['peak_rss_gb'])} GB.")
+
+
+def _products_note(inf: dict) -> str:
+    model = inf["redshift_lsst"]["model"]
+    products = model.get("products")
+    if not products:
+        return ""
+    return (f" Under torch.profiler the redshift query spent {_g(products['fraction'])} of its time in matrix products "
+            f"({_g(1e3 * products['products_s'])} of {_g(1e3 * products['total_s'])} ms for {model['rows']:,} "
+            "galaxies); a query that spent time in nothing else would run "
+            f"{_g(products['knn_ratio_bound'])}x k-NN's speed (`infer_over_knn_products_bound`).")
 
 
 def _large_reference_note(inf: dict) -> str:
@@ -129,14 +150,12 @@ def _large_reference_note(inf: dict) -> str:
 
 
 def _uncertainty_note(inf: dict) -> str:
-    rows = sorted({q["model_uncertainty"]["calibration_rows"] for q in inf.values()
-                   if isinstance(q, dict) and "model_uncertainty" in q})
-    if not rows:
+    if "calibration_rows" not in inf:
         return ""
-    return (" `return_uncertainty` adds the predictive mean and std, the percentiles and, for redshift, the pdf on "
-            "the default 351-point grid; the model is calibrated for the query first (on "
-            f"{' / '.join(f'{r:,}' for r in rows)} training rows), as a shipped model is, so the summaries of a "
-            "scalar target go through its PIT map.")
+    return (f" The model is calibrated for both queries first (on {inf['calibration_rows']:,} training rows), as a "
+            "shipped model is: every `predict` matches its rows to their calibration entry and applies it. "
+            "`return_uncertainty` adds the predictive mean and std, the percentiles and, for redshift, the pdf on "
+            "the default 351-point grid; the summaries of a scalar target go through its entry's PIT map.")
 
 
 def _compiled_note(inf: dict) -> str:

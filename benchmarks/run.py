@@ -156,6 +156,9 @@ def summary(results: dict) -> dict:
         "train_peak_rss_gb": demo["peak_rss_gb"],
     }
     out["infer_over_knn"] = redshift["baselines"]["knn"]["model_speed_ratio"]  # timed in alternation
+    # The same two if nothing but the matrix products took time: how far any fusion of the rest could go.
+    out["train_mfu_fp32_products_bound"] = demo["fp32"]["products"]["mfu_bound"]
+    out["infer_over_knn_products_bound"] = redshift["model"]["products"]["knn_ratio_bound"]
     large = redshift.get("knn_large_reference")
     if large:  # k-NN fitted on the paper catalog's training split, the same rows
         out["knn_paper_train_predict_per_s"] = large["per_s"]

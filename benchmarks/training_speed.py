@@ -36,6 +36,7 @@ from common import (
     log_log_slope,
     matmul_runner,
     onednn_over_aten,
+    products_time,
     slow_dtype,
     timed,
     timed_pairs,
@@ -134,11 +135,12 @@ def train_step(model, optimizer, batch: dict, autocast_dtype=None, device_type: 
 
 
 def step_speed(config, batches: list, repeats: int, autocast_dtype=None, compile_model: bool = False,
-               fused: bool = True, ceiling_dtype: str | None = None) -> dict:
+               fused: bool = True, ceiling_dtype: str | None = None, products: bool = False) -> dict:
     """Median time of one optimiser step cycling through `batches`, after a first step (optimiser state,
     compilation) and one warm-up step. With `ceiling_dtype` each step is followed by a run of the model's matmul
     ceiling (`ceiling_shape`) in that dtype: `ceiling` is its rate and `mfu` the median over those rounds of the
-    step's FLOP/s over the ceiling's, each pair timed within a fraction of a second of each other."""
+    step's FLOP/s over the ceiling's, each pair timed within a fraction of a second of each other. With `products`
+    also the step's time in matrix products (`products_time`)."""
     import torch
 
     model, optimizer = make_training(config, compile_model=compile_model, fused=fused)
@@ -168,6 +170,8 @@ def step_speed(config, batches: list, repeats: int, autocast_dtype=None, compile
                              "runs_s": timing["reference_runs_s"]}
         result["mfu_by_round"] = [flops / ceiling_flops * r for r in timing["ratios"]]
         result["mfu"] = statistics.median(result["mfu_by_round"])
+    if products:
+        result["products"] = products_time(step, repeats)
     return result
 
 
@@ -195,12 +199,16 @@ def training_benchmark(preset: str, catalog: str | None = None, cache_dir: str |
     batches = _batches(config, batch_size, 2, catalog, cache_dir)
     result = {"preset": preset, "threads": torch.get_num_threads(), "tokens": num_tokens(config),
               "training_flops_per_sample": training_flops_per_sample(config)}
-    result["fp32"] = step_speed(config, batches, repeats, ceiling_dtype="float32")
+    result["fp32"] = step_speed(config, batches, repeats, ceiling_dtype="float32", products=True)
     result["matmul"] = {"float32": result["fp32"].pop("ceiling")}
     onednn = onednn_over_aten(*ceiling_shape(config, batch_size), repeats=repeats)
     if onednn:  # the step's MFU against the faster of the two float32 matmuls of this CPU
         result["matmul"]["float32_onednn"] = onednn
         result["fp32"]["mfu_best_matmul"] = result["fp32"]["mfu"] / max(1.0, onednn["speedup"])
+    # The MFU of a step that spent time in nothing but its products: the most any fusion of the rest could reach.
+    best_rate = result["matmul"]["float32"]["flops_per_s"] * max(1.0, onednn["speedup"] if onednn else 1.0)
+    products = result["fp32"]["products"]
+    products["mfu_bound"] = result["fp32"]["flops_per_step"] / products["products_s"] / best_rate
     skipped = slow_dtype("bfloat16") if bf16 else None
     if skipped:
         result["bf16_skipped"] = skipped
