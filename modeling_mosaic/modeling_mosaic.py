@@ -819,19 +819,17 @@ class MosaicModel(MosaicPreTrainedModel):
         arrays = self._error_arrays(errors, names, num_rows)
         return None if arrays is None else self.config.flatten(arrays, argument="errors")
 
-    def _prepare(self, flat: np.ndarray, flat_errors: np.ndarray | None, rows: slice, elements: torch.Tensor):
-        """Physical (N, D) values and errors (NaN or None = unknown) -> the encoder's inputs for `rows`, over
-        `elements` only: normalised values, which are present, and normalised errors (None without
-        `error_inputs`)."""
-        columns = elements.cpu().numpy()
-        values = torch.from_numpy(np.ascontiguousarray(flat[rows, columns])).to(self.device)
+    def _prepare(self, flat: np.ndarray, flat_errors: np.ndarray | None, elements: torch.Tensor):
+        """Physical (B, E) values and errors over a query's `elements` (NaN or None = unknown) -> the encoder's
+        inputs: normalised values, which are present, and normalised errors (None without `error_inputs`)."""
+        values = torch.from_numpy(np.ascontiguousarray(flat)).to(self.device)
         normalised, present = self.layout.normalize(values, elements)
         if not self.config.error_inputs:
             return normalised.to(self.dtype), present, None
         if flat_errors is None:
             errors = torch.full_like(values, float("nan"))
         else:
-            errors = torch.from_numpy(np.ascontiguousarray(flat_errors[rows, columns])).to(self.device)
+            errors = torch.from_numpy(np.ascontiguousarray(flat_errors)).to(self.device)
         learned = self.layout.errors_to_learning(values, errors, elements)
         return normalised.to(self.dtype), present, self.layout.normalize_errors(learned, present, elements)
 
@@ -895,15 +893,13 @@ class MosaicModel(MosaicPreTrainedModel):
         token_ids = self._token_ids(set(names) | set(targets))
         elements = self.layout.elements_of(token_ids)
         keep, outputs = self._asked(token_ids, targets)
-        columns = np.concatenate([np.arange(self.config.num_elements)[self.config.modality_slices[n]] for n in targets])
+        columns = np.concatenate([np.arange(c.start, c.stop) for c in (self._columns(n, elements) for n in targets)])
         generator = torch.Generator().manual_seed(int(seed))
         predicted, summaries = [], []
         for start in range(0, num_rows, batch_size):
-            # The flat (B, D) layout a batch at a time: a whole table's would be mostly NaN for a query of a few
-            # modalities (467 floats a galaxy where LSST has 6), and cost a first touch of its memory.
             rows = slice(start, start + batch_size)
-            flat = self._flat_rows(arrays, rows)
-            flat_errors = None if error_arrays is None else self._flat_rows(error_arrays, rows)
+            flat = self._flat_rows(arrays, rows, elements)
+            flat_errors = None if error_arrays is None else self._flat_rows(error_arrays, rows, elements)
             given = np.isfinite(flat)
             means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, slice(None), token_ids,
                                                                    elements, keep, outputs)
@@ -912,23 +908,28 @@ class MosaicModel(MosaicPreTrainedModel):
             if probabilistic:
                 # A given element's spread was never trained (and is replaced by the given value below); keep
                 # it from overflowing the physical moments of a log-transformed modality.
-                is_given = torch.from_numpy(given[:, outputs.cpu().numpy()]).to(log_variances.device)
+                is_given = torch.from_numpy(given[:, columns]).to(log_variances.device)
                 log_variances = log_variances.masked_fill(is_given, -LOG_VARIANCE_LIMIT)
-                summary = self._summaries(means, log_variances, mixture, outputs, self._pit_knots(given), targets,
-                                          return_uncertainty, num_samples, grid, generator)
-                summaries.append(self._given_as_given(summary, flat, given, grid))
+                summary = self._summaries(means, log_variances, mixture, outputs,
+                                          self._pit_knots(given, elements), targets, return_uncertainty,
+                                          num_samples, grid, generator)
+                summaries.append(self._given_as_given(summary, flat, given, elements, grid))
         parts = np.split(np.concatenate(predicted), np.cumsum([MODALITIES[n].length for n in targets])[:-1], axis=1)
         output = {n: part[:, 0] if MODALITIES[n].is_scalar else part for n, part in zip(targets, parts)}
         if summaries:
             output.update({key: np.concatenate([s[key] for s in summaries]) for key in summaries[0]})
         return output
 
-    def _flat_rows(self, arrays: dict, rows: slice) -> np.ndarray:
-        """`rows` of checked modality arrays (`column_arrays`) -> their flat (B, D) layout, NaN where a modality is
-        absent; one all-NaN row without arrays (a query of the prior)."""
-        if not arrays:
-            return np.full((1, self.config.num_elements), np.nan, np.float32)
-        return self.config.flatten({n: a[rows] for n, a in arrays.items()})
+    def _flat_rows(self, arrays: dict, rows: slice, elements: torch.Tensor) -> np.ndarray:
+        """`rows` of checked modality arrays (`column_arrays`) -> their flat (B, E) layout over a query's `elements`
+        (which hold every modality of `arrays`), NaN where a modality is absent; one all-NaN row without arrays (a
+        query of the prior). Not the model's whole (B, D) layout: that would be mostly NaN for a query of a few
+        modalities (467 floats a galaxy where LSST has 6), and filling it took 4% of a photo-z."""
+        num_rows = len(next(iter(arrays.values()))[rows]) if arrays else 1
+        flat = np.full((num_rows, len(elements)), np.nan, np.float32)
+        for name, array in arrays.items():
+            flat[:, self._columns(name, elements)] = array[rows].reshape(num_rows, -1)
+        return flat
 
     def _asked(self, token_ids: torch.Tensor, targets) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the tokens of the `targets` sit in a query's `token_ids` (the only final states it needs), and
@@ -937,14 +938,15 @@ class MosaicModel(MosaicPreTrainedModel):
         return keep, self.layout.elements_of(token_ids[keep])
 
     def _calibrated_batch(self, flat, flat_errors, given, rows, token_ids, elements, keep, outputs):
-        """`rows` of a query -> the normalised predictive distributions of the tokens at `keep` over their elements
-        `outputs` (`_decode`), moved and widened by the `config.calibration` entry each row matches
-        (`_recalibrate`)."""
-        inputs_of_batch = self._prepare(flat, flat_errors, rows, elements)
+        """`rows` of a query's (N, E) values, errors and given mask over its `elements` -> the normalised predictive
+        distributions of the tokens at `keep` over their elements `outputs` (`_decode`), moved and widened by the
+        `config.calibration` entry each row matches (`_recalibrate`)."""
+        inputs_of_batch = self._prepare(flat[rows], None if flat_errors is None else flat_errors[rows], elements)
         hidden_states, _ = self._encode(*inputs_of_batch, token_ids, elements, keep)
         means, log_variances, mixture = self._decode(hidden_states, token_ids[keep], outputs)
         if self.config.calibration and self.is_probabilistic:
-            means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], outputs)
+            means, log_variances, mixture = self._recalibrate(means, log_variances, mixture, given[rows], elements,
+                                                              outputs)
         return means, log_variances, mixture
 
     @torch.inference_mode()
@@ -969,21 +971,23 @@ class MosaicModel(MosaicPreTrainedModel):
             if array.ndim not in (1, 2) or len(array) != num_rows or not np.isfinite(array).all():
                 raise ValueError(f"values: {name!r} must be finite, (N,) or (N, G) with the same N for every "
                                  f"target; got shape {array.shape}")
-        flat = self.config.flatten(inputs) if names else np.full((num_rows, self.config.num_elements), np.nan,
-                                                                 np.float32)
-        if len(flat) != num_rows:
-            raise ValueError(f"values: {num_rows} rows, but the inputs have {len(flat)}")
-        flat_errors = self._flat_errors(errors, names, len(flat))
-        given = np.isfinite(flat)
+        arrays = self.config.column_arrays(inputs) if names else {}
+        if arrays and len(next(iter(arrays.values()))) != num_rows:
+            raise ValueError(f"values: {num_rows} rows, but the inputs have {len(next(iter(arrays.values())))}")
+        error_arrays = self._error_arrays(errors, names, num_rows)
         token_ids = self._token_ids(set(names) | set(targets))
         elements = self.layout.elements_of(token_ids)
         keep, outputs = self._asked(token_ids, targets)
+        flat = self._flat_rows(arrays, slice(None), elements) if arrays else np.full(
+            (num_rows, len(elements)), np.nan, np.float32)
+        flat_errors = None if error_arrays is None else self._flat_rows(error_arrays, slice(None), elements)
+        given = np.isfinite(flat)
         out = {n: [] for n in targets}
         for start in range(0, len(flat), batch_size):
             rows = slice(start, start + batch_size)
             means, log_variances, mixture = self._calibrated_batch(flat, flat_errors, given, rows, token_ids, elements,
                                                                    keep, outputs)
-            knots = self._pit_knots(given[rows])
+            knots = self._pit_knots(given[rows], elements)
             for name in targets:
                 modality, weights, centres, sigmas = self._learning_distribution(name, means, log_variances, mixture,
                                                                                  outputs)
@@ -999,44 +1003,45 @@ class MosaicModel(MosaicPreTrainedModel):
         """A (D,) given-element mask -> {name: [[start, stop], ...]}, element ranges within each modality."""
         return {name: true_runs(given[s]) for name, s in self.config.modality_slices.items() if given[s].any()}
 
-    def _calibration_matches(self, given: np.ndarray):
-        """Each `config.calibration` entry with the rows of `given` (B, D) that give exactly its elements (B,).
-        Compared on the columns some row gives (a query's few of the D): an entry that gives any other element
-        matches no row. Against all D columns the five entries of the demo model took 7% of a photo-z."""
-        seen = given.any(axis=0)
-        narrowed = given[:, seen]
+    def _calibration_matches(self, given: np.ndarray, elements: torch.Tensor):
+        """Each `config.calibration` entry with the rows of `given` (B, E), over a query's `elements`, that give
+        exactly its elements (B,): an entry that gives any element outside the query matches no row."""
+        columns = elements.cpu().numpy()
         for entry in self.config.calibration:
             mask = self.config.given_mask(entry["given"])
-            yield entry, (narrowed == mask[seen]).all(axis=1) & ~mask[~seen].any()
+            inside = mask[columns]
+            yield entry, (given == inside).all(axis=1) & (inside.sum() == mask.sum())
 
-    def _recalibrate(self, means, log_variances, mixture, given: np.ndarray, elements: torch.Tensor):
-        """Apply the `config.calibration` entry whose given elements match each row of `given` (B, D): move
-        every target's distribution (B, E) over the query's `elements` by its shift d times the predicted
-        standard deviation (the redshift mixture's components all by d times the mixture's), then scale its
-        spreads by the temperature t (log-variances by 2 log t, the mixture's log-scales by log t)."""
-        log_t, shift = (np.zeros((len(given), len(elements)), dtype=np.float32) for _ in range(2))
-        queried = set(self.config.modalities[m] for m in self.layout.element_modality[elements].unique().tolist())
-        for entry, match in self._calibration_matches(given):
+    def _recalibrate(self, means, log_variances, mixture, given: np.ndarray, elements: torch.Tensor,
+                     outputs: torch.Tensor):
+        """Apply the `config.calibration` entry whose given elements match each row of `given` (B, E) over the
+        query's `elements`: move every target's distribution (B, E') over its elements `outputs` by its shift d
+        times the predicted standard deviation (the redshift mixture's components all by d times the mixture's),
+        then scale its spreads by the temperature t (log-variances by 2 log t, the mixture's log-scales by
+        log t)."""
+        log_t, shift = (np.zeros((len(given), len(outputs)), dtype=np.float32) for _ in range(2))
+        queried = set(self.config.modalities[m] for m in self.layout.element_modality[outputs].unique().tolist())
+        for entry, match in self._calibration_matches(given, elements):
             for name, temperature in entry["temperature"].items():
                 if name in queried:
-                    log_t[match, self._columns(name, elements)] = math.log(temperature)
+                    log_t[match, self._columns(name, outputs)] = math.log(temperature)
             for name, d in entry.get("shift", {}).items():
                 if name in queried:
-                    shift[match, self._columns(name, elements)] = d
+                    shift[match, self._columns(name, outputs)] = d
         log_t, shift = (torch.from_numpy(a).to(log_variances.device, log_variances.dtype) for a in (log_t, shift))
         moved = shift * torch.exp(0.5 * log_variances)
         if mixture is not None:
-            element = self._columns("redshift", elements).start
+            element = self._columns("redshift", outputs).start
             centres = mixture[:, 1] + moved[:, element, None].to(mixture.dtype)
             log_scales = mixture[:, 2] + log_t[:, element, None].to(mixture.dtype)
             mixture = torch.stack([mixture[:, 0], centres, log_scales], dim=1)
         return means + moved.to(means.dtype), log_variances + 2.0 * log_t, mixture
 
-    def _pit_knots(self, given: np.ndarray) -> dict:
+    def _pit_knots(self, given: np.ndarray, elements: torch.Tensor) -> dict:
         """Each row's PIT map as its knots (B, J) (the identity for rows no entry maps), for every target some
-        `config.calibration` entry maps: name -> knots."""
+        `config.calibration` entry maps: name -> knots. `given` (B, E) over the query's `elements`."""
         knots = {}
-        for entry, match in self._calibration_matches(given):
+        for entry, match in self._calibration_matches(given, elements):
             for name, entry_knots in entry.get("pit_knots", {}).items():
                 if name not in knots:
                     knots[name] = np.tile(np.linspace(0.0, 1.0, len(entry_knots)), (given.shape[0], 1))
@@ -1092,9 +1097,11 @@ class MosaicModel(MosaicPreTrainedModel):
         scored = {n: ~given[:, slices[n]] & np.isfinite(flat_truth[:, slices[n]]) for n in targets}
         stride = {n: max(1, -(-int(scored[n].sum()) // CALIBRATION_POINTS)) for n in targets}
         pooled = {n: [] for n in targets}
+        columns = elements.cpu().numpy()
         for start in range(0, flat.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            inputs_of_batch = self._prepare(flat, flat_errors, rows, elements)
+            inputs_of_batch = self._prepare(flat[rows, columns],
+                                            None if flat_errors is None else flat_errors[rows, columns], elements)
             hidden_states, _ = self._encode(*inputs_of_batch, token_ids, elements, keep)
             means, log_variances, mixture = self._decode(hidden_states, token_ids[keep], outputs)
             for name in targets:
@@ -1195,13 +1202,14 @@ class MosaicModel(MosaicPreTrainedModel):
             densities.append(density / trapezoid(density, grid)[:, None])
         return np.concatenate(densities)
 
-    def _given_as_given(self, result, flat, given, grid) -> dict:
-        """Override the distributions of given elements by the given values (zero spread, a one-point pdf),
-        name the arrays `name` / `name_statistic` and shape them like their target (scalars (N,), (N, S))."""
+    def _given_as_given(self, result, flat, given, elements, grid) -> dict:
+        """Override the distributions of given elements by the given values (`flat`, `given`: (B, E) over the
+        query's `elements`; zero spread, a one-point pdf), name the arrays `name` / `name_statistic` and shape them
+        like their target (scalars (N,), (N, S))."""
         output = {}
         for (name, statistic), array in result.items():
             key = f"{name}_{statistic}" if statistic else name
-            s = self.config.modality_slices[name]
+            s = self._columns(name, elements)
             values, is_given = flat[:, s], given[:, s]
             if not is_given.any():  # a pure prediction: nothing to override
                 pass
@@ -1233,8 +1241,8 @@ class MosaicModel(MosaicPreTrainedModel):
         outputs = {n: np.zeros((num_rows, self.config.hidden_size), np.float32) for n in names + ["all"]}
         for start in range(0, num_rows, batch_size):
             rows = slice(start, start + batch_size)
-            flat_errors = None if error_arrays is None else self._flat_rows(error_arrays, rows)
-            batch = self._prepare(self._flat_rows(arrays, rows), flat_errors, slice(None), elements)
+            flat_errors = None if error_arrays is None else self._flat_rows(error_arrays, rows, elements)
+            batch = self._prepare(self._flat_rows(arrays, rows, elements), flat_errors, elements)
             hidden_states, token_visible = self._encode(*batch, token_ids, elements)
             hidden_states = hidden_states.float()
             per_modality = torch.einsum("mt,bth->bmh", pool, hidden_states).cpu().numpy()

@@ -473,13 +473,15 @@ def test_uncertainty_outputs_have_the_right_keys_shapes_and_are_never_nan(gaussi
 def test_each_row_of_a_mixed_batch_gets_the_calibration_entry_of_exactly_its_given_elements(gaussian_model):
     """Rows giving different elements in one batch: a row's stellar-mass spread is scaled by the temperature of
     the entry that `calibration_for` (an exact comparison of given ranges, one row at a time) names for it, and
-    by 1 where none matches: a row giving a subset or a superset of an entry's elements is not its."""
+    by 1 where none matches: a row giving a subset or a superset of an entry's elements is not its, nor is an
+    entry that gives a modality outside the query."""
     import copy
 
     model = copy.deepcopy(gaussian_model)
     model.config.calibration = []
     entries = [({"lsst": [[0, 6]]}, 1.5), ({"lsst": [[0, 6]], "redshift": [[0, 1]]}, 2.0),
-               ({"lsst": [[0, 3]]}, 0.5), ({"redshift": [[0, 1]]}, 3.0), ({}, 0.25)]
+               ({"lsst": [[0, 3]]}, 0.5), ({"redshift": [[0, 1]]}, 3.0), ({}, 0.25),
+               ({"lsst": [[0, 6]], "spherex": [[0, 102]]}, 4.0)]  # SPHEREx is not in the query: no row's
     model.config.calibration = [{"given": given, "temperature": {"log_stellar_mass": t},
                                  "shift": {"log_stellar_mass": 0.0}} for given, t in entries]
     rng = np.random.default_rng(5)
