@@ -68,8 +68,8 @@ def training_section(results: dict) -> str:
                  f"({_g(1e3 * products['products_s'])} of {_g(1e3 * products['total_s'])} ms; by op, ms: {ops}). "
                  "A step that spent time in nothing else, its products at the rates they ran here, would have an "
                  f"MFU against the faster matmul of {_g(products['mfu_bound'])} "
-                 "(`train_mfu_fp32_products_bound`): the most that fusing the rest (element-wise work, copies, "
-                 "Python) could give without faster products.")
+                 "(`train_mfu_fp32_products_bound`, the MFU over that share): the most that fusing the rest "
+                 "(element-wise work, copies, Python) could give without faster products.")
     check = results["train_demo"].get("flop_counter")
     if check:
         text += (f"\n\nFLOP formula check (demo, forward + backward): FlopCounterMode counts "
@@ -135,7 +135,8 @@ def _products_note(inf: dict) -> str:
     return (f" Under torch.profiler the redshift query spent {_g(products['fraction'])} of its time in matrix products "
             f"({_g(1e3 * products['products_s'])} of {_g(1e3 * products['total_s'])} ms for {model['rows']:,} "
             "galaxies); a query that spent time in nothing else would run "
-            f"{_g(products['knn_ratio_bound'])}x k-NN's speed (`infer_over_knn_products_bound`).")
+            f"{_g(products['knn_ratio_bound'])}x k-NN's speed (`infer_over_knn_products_bound`, the ratio over "
+            "that share).")
 
 
 def _large_reference_note(inf: dict) -> str:

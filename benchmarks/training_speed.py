@@ -206,9 +206,10 @@ def training_benchmark(preset: str, catalog: str | None = None, cache_dir: str |
         result["matmul"]["float32_onednn"] = onednn
         result["fp32"]["mfu_best_matmul"] = result["fp32"]["mfu"] / max(1.0, onednn["speedup"])
     # The MFU of a step that spent time in nothing but its products: the most any fusion of the rest could reach.
-    best_rate = result["matmul"]["float32"]["flops_per_s"] * max(1.0, onednn["speedup"] if onednn else 1.0)
-    products = result["fp32"]["products"]
-    products["mfu_bound"] = result["fp32"]["flops_per_step"] / products["products_s"] / best_rate
+    # Two ratios, each of two timings taken together (the MFU's rounds; the products' share of a profiled step),
+    # so that it holds in a slow stretch of the machine as in a fast one.
+    fp32 = result["fp32"]
+    fp32["products"]["mfu_bound"] = fp32.get("mfu_best_matmul", fp32["mfu"]) / fp32["products"]["fraction"]
     skipped = slow_dtype("bfloat16") if bf16 else None
     if skipped:
         result["bf16_skipped"] = skipped
