@@ -61,13 +61,13 @@ def training_section(results: dict) -> str:
                  f"{_g(_gflops(onednn['onednn_flops_per_s']))} against {_g(_gflops(onednn['aten_flops_per_s']))} "
                  "GFLOP/s), so the headline `train_mfu_fp32` is against that faster matmul: the demo step's fp32 "
                  f"MFU is {_g(results['train_demo']['fp32']['mfu_best_matmul'])} of it.")
-    products = results["train_demo"]["fp32"].get("products")
+    products = results.get("train_demo_products")
     if products:
         ops = ", ".join(f"{op.split('::')[1]} {_g(1e3 * t)}" for op, t in sorted(products["by_op_s"].items()))
         text += (f"\n\nUnder torch.profiler the demo step spent {_g(products['fraction'])} of its time in matrix products "
                  f"({_g(1e3 * products['products_s'])} of {_g(1e3 * products['total_s'])} ms; by op, ms: {ops}). "
                  "A step that spent time in nothing else, its products at the rates they ran here, would have an "
-                 f"MFU against the faster matmul of {_g(products['mfu_bound'])} "
+                 f"MFU against the faster matmul of {_g(results['summary']['train_mfu_fp32_products_bound'])} "
                  "(`train_mfu_fp32_products_bound`, the MFU over that share): the most that fusing the rest "
                  "(element-wise work, copies, Python) could give without faster products.")
     check = results["train_demo"].get("flop_counter")

@@ -135,12 +135,11 @@ def train_step(model, optimizer, batch: dict, autocast_dtype=None, device_type: 
 
 
 def step_speed(config, batches: list, repeats: int, autocast_dtype=None, compile_model: bool = False,
-               fused: bool = True, ceiling_dtype: str | None = None, products: bool = False) -> dict:
+               fused: bool = True, ceiling_dtype: str | None = None) -> dict:
     """Median time of one optimiser step cycling through `batches`, after a first step (optimiser state,
     compilation) and one warm-up step. With `ceiling_dtype` each step is followed by a run of the model's matmul
     ceiling (`ceiling_shape`) in that dtype: `ceiling` is its rate and `mfu` the median over those rounds of the
-    step's FLOP/s over the ceiling's, each pair timed within a fraction of a second of each other. With `products`
-    also the step's time in matrix products (`products_time`)."""
+    step's FLOP/s over the ceiling's, each pair timed within a fraction of a second of each other."""
     import torch
 
     model, optimizer = make_training(config, compile_model=compile_model, fused=fused)
@@ -170,8 +169,6 @@ def step_speed(config, batches: list, repeats: int, autocast_dtype=None, compile
                              "runs_s": timing["reference_runs_s"]}
         result["mfu_by_round"] = [flops / ceiling_flops * r for r in timing["ratios"]]
         result["mfu"] = statistics.median(result["mfu_by_round"])
-    if products:
-        result["products"] = products_time(step, repeats)
     return result
 
 
@@ -199,17 +196,12 @@ def training_benchmark(preset: str, catalog: str | None = None, cache_dir: str |
     batches = _batches(config, batch_size, 2, catalog, cache_dir)
     result = {"preset": preset, "threads": torch.get_num_threads(), "tokens": num_tokens(config),
               "training_flops_per_sample": training_flops_per_sample(config)}
-    result["fp32"] = step_speed(config, batches, repeats, ceiling_dtype="float32", products=True)
+    result["fp32"] = step_speed(config, batches, repeats, ceiling_dtype="float32")
     result["matmul"] = {"float32": result["fp32"].pop("ceiling")}
     onednn = onednn_over_aten(*ceiling_shape(config, batch_size), repeats=repeats)
     if onednn:  # the step's MFU against the faster of the two float32 matmuls of this CPU
         result["matmul"]["float32_onednn"] = onednn
         result["fp32"]["mfu_best_matmul"] = result["fp32"]["mfu"] / max(1.0, onednn["speedup"])
-    # The MFU of a step that spent time in nothing but its products: the most any fusion of the rest could reach.
-    # Two ratios, each of two timings taken together (the MFU's rounds; the products' share of a profiled step),
-    # so that it holds in a slow stretch of the machine as in a fast one.
-    fp32 = result["fp32"]
-    fp32["products"]["mfu_bound"] = fp32.get("mfu_best_matmul", fp32["mfu"]) / fp32["products"]["fraction"]
     skipped = slow_dtype("bfloat16") if bf16 else None
     if skipped:
         result["bf16_skipped"] = skipped
@@ -222,6 +214,23 @@ def training_benchmark(preset: str, catalog: str | None = None, cache_dir: str |
         eager = model_config(preset, catalog=catalog, attn_implementation="eager")
         result["flop_counter"] = flop_counter_check(eager, {k: v[:16] for k, v in batches[0].items()})
     return result
+
+
+def products_benchmark(preset: str, catalog: str | None = None, cache_dir: str | None = None,
+                       batch_size: int | None = None, repeats: int = 5) -> dict:
+    """Worker: the share of a profiled float32 optimiser step spent in matrix products (`products_time`); in a
+    process of its own, so that the profiler's memory stays out of the training benchmark's peak."""
+    config = model_config(preset, catalog=catalog)
+    batch_size = batch_size or training_config(preset)["per_device_train_batch_size"]
+    batches = _batches(config, batch_size, 2, catalog, cache_dir)
+    model, optimizer = make_training(config)
+    cycle = itertools.count()
+
+    def step():
+        train_step(model, optimizer, batches[next(cycle) % len(batches)])
+
+    step()  # the optimiser's state
+    return {"preset": preset, "batch_size": batch_size, **products_time(step, repeats)}
 
 
 def data_path_benchmark(preset: str, catalog: str, cache_dir: str | None = None, batch_size: int | None = None,

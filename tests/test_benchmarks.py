@@ -76,7 +76,7 @@ def test_quick_suite_ratios_are_consistent(quick):
         assert model["ceiling_per_s"] == pytest.approx(
             inference["matmul"]["flops_per_s"] * speedup / model["blocks_flops_per_galaxy"])
     # the bounds: the MFU and the k-NN ratio over the share of a profiled step (query) spent in products
-    products = fp32["products"]
+    products = results["train_demo_products"]
     assert products["products_s"] == pytest.approx(sum(products["by_op_s"].values()))
     assert 0 < products["products_s"] < products["total_s"]
     assert products["fraction"] == pytest.approx(products["products_s"] / products["total_s"])
