@@ -64,8 +64,9 @@ def training_section(results: dict) -> str:
     products = results.get("train_demo_products")
     if products:
         ops = ", ".join(f"{op.split('::')[1]} {_g(1e3 * t)}" for op, t in sorted(products["by_op_s"].items()))
-        text += (f"\n\nUnder torch.profiler the demo step spent {_g(products['fraction'])} of its time in matrix products "
-                 f"({_g(1e3 * products['products_s'])} of {_g(1e3 * products['total_s'])} ms; by op, ms: {ops}). "
+        text += (f"\n\nUnder torch.profiler the demo step spent {_g(products['fraction'])} of its time in matrix "
+                 f"products ({_g(1e3 * products['products_s'])} of {_g(1e3 * products['total_s'])} ms; by op, ms: "
+                 f"{ops}). "
                  "A step that spent time in nothing else, its products at the rates they ran here, would have an "
                  f"MFU against the faster matmul of {_g(results['summary']['train_mfu_fp32_products_bound'])} "
                  "(`train_mfu_fp32_products_bound`, the MFU over that share): the most that fusing the rest "
