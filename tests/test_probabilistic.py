@@ -478,10 +478,9 @@ def test_each_row_of_a_mixed_batch_gets_the_calibration_entry_of_exactly_its_giv
     import copy
 
     model = copy.deepcopy(gaussian_model)
-    model.config.calibration = []
     entries = [({"lsst": [[0, 6]]}, 1.5), ({"lsst": [[0, 6]], "redshift": [[0, 1]]}, 2.0),
                ({"lsst": [[0, 3]]}, 0.5), ({"redshift": [[0, 1]]}, 3.0), ({}, 0.25),
-               ({"lsst": [[0, 6]], "spherex": [[0, 102]]}, 4.0)]  # SPHEREx is not in the query: no row's
+               ({"lsst": [[0, 6]], "spherex": [[0, 102]]}, 4.0)]  # gives SPHEREx, outside the query: no row's
     model.config.calibration = [{"given": given, "temperature": {"log_stellar_mass": t},
                                  "shift": {"log_stellar_mass": 0.0}} for given, t in entries]
     rng = np.random.default_rng(5)
