@@ -972,8 +972,9 @@ class MosaicModel(MosaicPreTrainedModel):
                 raise ValueError(f"values: {name!r} must be finite, (N,) or (N, G) with the same N for every "
                                  f"target; got shape {array.shape}")
         arrays = self.config.column_arrays(inputs) if names else {}
-        if arrays and len(next(iter(arrays.values()))) != num_rows:
-            raise ValueError(f"values: {num_rows} rows, but the inputs have {len(next(iter(arrays.values())))}")
+        input_rows = len(next(iter(arrays.values()))) if arrays else num_rows
+        if input_rows != num_rows:
+            raise ValueError(f"values: {num_rows} rows, but the inputs have {input_rows}")
         error_arrays = self._error_arrays(errors, names, num_rows)
         token_ids = self._token_ids(set(names) | set(targets))
         elements = self.layout.elements_of(token_ids)
