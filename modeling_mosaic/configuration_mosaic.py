@@ -272,10 +272,20 @@ class MosaicConfig(PretrainedConfig):
         """This model's modality columns as float32 arrays, checked: at least one, each (N,) or (N, 1) for a scalar
         and (N, length) for a vector, the same N for all. Other columns (ids, modalities this model does not use)
         are left out. `argument` names the caller's argument in error messages."""
+        if not hasattr(columns, "items"):  # a dict, or a table with named columns (a pandas DataFrame)
+            raise TypeError(f"{argument}: expected a dict of modality name -> array, got {type(columns).__name__}")
         given = {n: v for n, v in columns.items() if n in self.modalities}
         if not given:
             raise ValueError(f"{argument}: no modality columns; expected some of {', '.join(self.modalities)}")
-        arrays = {n: np.asarray(v, dtype=np.float32) for n, v in given.items()}
+        arrays = {}
+        for name, value in given.items():
+            if np.iscomplexobj(value):
+                raise ValueError(f"{argument}[{name!r}] is complex; expected real numbers (NaN where missing)")
+            try:
+                arrays[name] = np.asarray(value, dtype=np.float32)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{argument}[{name!r}] is not numeric ({error}); expected real numbers (NaN where "
+                                 "missing)") from None
         sizes = {n: a.shape[0] if a.ndim else None for n, a in arrays.items()}
         if len(set(sizes.values())) != 1 or None in sizes.values():
             raise ValueError(f"{argument}: every modality needs the same number of rows, got {sizes}")

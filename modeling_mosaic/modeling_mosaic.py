@@ -630,11 +630,10 @@ class MosaicModel(MosaicPreTrainedModel):
         dynamo's default a second batch size recompiles the query as one graph for any batch size, and the
         queries compiled after it are compiled so from the start; on a CPU such a graph took ~24 ms for 3,616
         galaxies where the static one took 13.8 ms for 4,096."""
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_batch_size(batch_size)
         compile_kwargs.setdefault("dynamic", False)
         encode = torch.compile(type(self)._encode, **compile_kwargs)  # unbound, so a deep copy binds to the copy
-        self._compiled_encode, self._compiled_batch_size = encode.__get__(self), int(batch_size)
+        self._compiled_encode, self._compiled_batch_size = encode.__get__(self), batch_size
         self._encode = self._padded_encode
         return self
 
@@ -789,9 +788,15 @@ class MosaicModel(MosaicPreTrainedModel):
         return torch.nonzero(selected).flatten()
 
     def _check_names(self, names, argument) -> list:
-        """Validate modality names given by a user; returns them in layout order."""
+        """Validate modality names given by a user (a dict's keys, or a list); returns them in layout order."""
         for name in names:
-            get_modality(name)  # an unknown name lists the registry's names
+            if not isinstance(name, str):
+                raise TypeError(f"{argument}: expected modality names (a dict of name -> array, or a list of names), "
+                                f"got an item of type {type(name).__name__}")
+            try:
+                get_modality(name)  # an unknown name lists the registry's names
+            except ValueError as error:
+                raise ValueError(f"{argument}: {error}") from None
             if name not in self.config.modalities:
                 known = ", ".join(self.config.modalities)
                 raise ValueError(f"{argument}: {name!r} is not in this model; it knows {known}")
@@ -850,7 +855,7 @@ class MosaicModel(MosaicPreTrainedModel):
 
         inputs: name -> (N,) for a scalar or (N, length) for a vector; NaN/inf elements are "not given" (an
             SFH with NaN over 0-10 Gyr asks the model to fill that range in). Empty inputs return the learned
-            prior for one galaxy (N = 1).
+            prior for one galaxy (N = 1); inputs of zero rows return outputs of zero rows.
         targets: a name or names to return; default every modality not fully given. Elements that were given
             are returned as given (with zero spread), so a fully given target comes back unchanged.
         return_uncertainty (gaussian head only): `name` becomes the mean of the predictive distribution in
@@ -878,9 +883,21 @@ class MosaicModel(MosaicPreTrainedModel):
         arrays = self.config.column_arrays(inputs) if names else {}
         num_rows = len(next(iter(arrays.values()))) if names else 1
         error_arrays = self._error_arrays(errors, names, num_rows)
+        batch_size = check_batch_size(batch_size)
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        asked = targets
         if targets is None:
             targets = [n for n in self.config.modalities if n not in arrays or not np.isfinite(arrays[n]).all()]
         targets = self._check_names([targets] if isinstance(targets, str) else targets, "targets")
+        if not targets:
+            reason = "the inputs give every modality in full" if asked is None else "name at least one modality"
+            raise ValueError(f"targets: nothing to predict; {reason}")
+        if num_rows == 0:  # the outputs' names and shapes, from one galaxy given nothing
+            nothing = {n: np.full((1, *a.shape[1:]), np.nan, np.float32) for n, a in arrays.items()}
+            one = self.predict(nothing, targets, batch_size, return_uncertainty, num_samples, redshift_grid, None,
+                               seed, return_pdf)
+            return {key: value[:0] for key, value in one.items()}
         probabilistic = return_uncertainty or num_samples > 0 or redshift_grid is not None
         if probabilistic and not self.is_probabilistic:
             raise ValueError("return_uncertainty, num_samples and redshift_grid need a probabilistic head, but this "
@@ -963,8 +980,9 @@ class MosaicModel(MosaicPreTrainedModel):
         targets = self._check_names(values, "values")
         if not targets:
             raise ValueError("values: give the points of at least one scalar target")
+        batch_size = check_batch_size(batch_size)
         points = {n: np.asarray(values[n], dtype=np.float64) for n in targets}
-        num_rows = len(points[targets[0]])
+        num_rows = len(points[targets[0]]) if points[targets[0]].ndim else None
         for name, array in points.items():
             if not MODALITIES[name].is_scalar or name in names:
                 raise ValueError(f"values: {name!r} must be a scalar target that is not among the inputs")
@@ -976,6 +994,8 @@ class MosaicModel(MosaicPreTrainedModel):
         if input_rows != num_rows:
             raise ValueError(f"values: {num_rows} rows, but the inputs have {input_rows}")
         error_arrays = self._error_arrays(errors, names, num_rows)
+        if num_rows == 0:
+            return {n: np.zeros(points[n].shape) for n in targets}
         token_ids = self._token_ids(set(names) | set(targets))
         elements = self.layout.elements_of(token_ids)
         keep, outputs = self._asked(token_ids, targets)
@@ -1081,12 +1101,13 @@ class MosaicModel(MosaicPreTrainedModel):
         if not self.is_probabilistic:
             raise ValueError("calibrate needs a probabilistic head (head_type='gaussian')")
         names = self._check_names(inputs, "inputs")
+        batch_size = check_batch_size(batch_size)
         flat = self.config.flatten(inputs)
         given = np.isfinite(flat)
         if not (given == given[:1]).all():
             raise ValueError("inputs: calibrate needs every row to give the same elements (one query type); "
                              "split the rows by their missing values")
-        targets = self._check_names(list(truth) if targets is None else targets, "targets")
+        targets = self._check_names(self._check_names(truth, "truth") if targets is None else targets, "targets")
         flat_truth = self.config.flatten({n: truth[n] for n in targets}, argument="truth")
         if flat_truth.shape[0] != flat.shape[0]:
             raise ValueError(f"truth: {flat_truth.shape[0]} rows, but the inputs have {flat.shape[0]}")
@@ -1233,6 +1254,7 @@ class MosaicModel(MosaicPreTrainedModel):
         "all", the mean over every visible token (zeros for a galaxy with nothing visible). The encoder sees
         only the given modalities' tokens; `errors` as in `predict`. Returns name -> float32 (N, hidden_size)."""
         names = self._check_names(inputs, "inputs")
+        batch_size = check_batch_size(batch_size)
         arrays = self.config.column_arrays(inputs)
         num_rows = len(next(iter(arrays.values())))
         error_arrays = self._error_arrays(errors, names, num_rows)
@@ -1252,6 +1274,13 @@ class MosaicModel(MosaicPreTrainedModel):
             weights = token_visible.float() / token_visible.sum(dim=1, keepdim=True).clamp(min=1)
             outputs["all"][rows] = torch.einsum("bt,bth->bh", weights, hidden_states).cpu().numpy()
         return outputs
+
+
+def check_batch_size(batch_size) -> int:
+    """A valid `batch_size`: an integer >= 1."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size}")
+    return int(batch_size)
 
 
 # ------------------------------------------------------------------------- predictive distributions

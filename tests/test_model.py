@@ -464,7 +464,7 @@ def test_backward_has_no_order_dependent_scatter(batch):
 def test_bad_inputs_raise_clear_errors(model):
     with pytest.raises(ValueError, match="valid names are redshift, log_halo_mass"):
         model.predict({"photo_z": np.zeros(3)})
-    with pytest.raises(ValueError, match="valid names are"):
+    with pytest.raises(ValueError, match="targets: unknown modality 'mass'; valid names are"):
         model.predict({"lsst": np.zeros((3, 6))}, targets=["mass"])
     with pytest.raises(ValueError, match=r"expected \(N, 6\) with length 6"):
         model.predict({"lsst": np.zeros((3, 5))})
@@ -476,6 +476,40 @@ def test_bad_inputs_raise_clear_errors(model):
         MosaicConfig().set_normalization({"lsst": {"mean": [0.0] * 5, "std": [1.0] * 5}})
     with pytest.raises(ValueError, match="num_hidden_layers must be >= 1, got 0"):
         MosaicConfig(num_hidden_layers=0)
+
+
+def test_bad_arguments_are_named_before_any_work(model):
+    lsst = np.full((3, 6), 25.0)
+    with pytest.raises(TypeError, match="inputs: expected modality names"):
+        model.predict(lsst)
+    with pytest.raises(TypeError, match="inputs: expected a dict of modality name -> array, got list"):
+        model.config.column_arrays([lsst])
+    with pytest.raises(ValueError, match=r"inputs\['lsst'\] is not numeric"):
+        model.predict({"lsst": np.full((3, 6), "abc")})
+    with pytest.raises(ValueError, match=r"inputs\['lsst'\] is complex"):
+        model.predict({"lsst": lsst + 1j})
+    for query in (model.predict, model.embed):
+        for batch_size in (0, -1, 2.5):
+            with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {batch_size}"):
+                query({"lsst": lsst}, batch_size=batch_size)
+    with pytest.raises(ValueError, match="targets: nothing to predict; name at least one modality"):
+        model.predict({"lsst": lsst}, targets=[])
+    with pytest.raises(ValueError, match="nothing to predict; the inputs give every modality in full"):
+        model.predict(synthetic_columns(np.random.default_rng(0), 3))
+    # None in a list is a missing value, as NaN is
+    with_none = model.predict({"redshift": [0.5, None]}, targets="log_stellar_mass")
+    with_nan = model.predict({"redshift": [0.5, np.nan]}, targets="log_stellar_mass")
+    np.testing.assert_array_equal(with_none["log_stellar_mass"], with_nan["log_stellar_mass"])
+
+
+def test_zero_rows_give_empty_outputs_of_one_rows_names_and_shapes(model):
+    one = model.predict({"lsst": np.full((1, 6), 25.0)})
+    none = model.predict({"lsst": np.zeros((0, 6))})
+    assert set(none) == set(one)
+    for key, array in one.items():
+        assert none[key].shape == (0, *array.shape[1:]) and none[key].dtype == array.dtype
+    embedded = model.embed({"lsst": np.zeros((0, 6))})
+    assert {k: v.shape for k, v in embedded.items()} == {k: (0, model.config.hidden_size) for k in ("lsst", "all")}
 
 
 def test_inf_is_missing_and_empty_inputs_give_the_prior(model):
