@@ -24,7 +24,9 @@ import argparse
 import contextlib
 import inspect
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,15 +56,43 @@ def _format(path: str, flag: str) -> str:
     return suffix
 
 
+def check_outputs(args) -> None:
+    """Before any work: --output and --qp are files in existing folders and --output is not the --input file (the
+    suffixes keep --qp apart from both), so that nothing is lost and a bad path fails before the predictions."""
+    if args.qp and Path(args.qp).suffix.lower() != ".hdf5":
+        raise SystemExit(f"--qp {args.qp}: the file must end in .hdf5 (a qp ensemble in HDF5)")
+    for flag, path in (("--output", args.output), ("--qp", args.qp)):
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise SystemExit(f"{flag} {path}: no folder {Path(path).parent}")
+        if path is not None and Path(path).is_dir():
+            raise SystemExit(f"{flag} {path}: is a folder")
+    if Path(args.output).exists() and os.path.samefile(args.output, args.input):
+        raise SystemExit(f"--output {args.output}: the same file as --input; write the predictions elsewhere")
+
+
+def unreadable(path: str, error: Exception, names=()) -> SystemExit:
+    """A reader's error about --input as a message that names the file (and a CSV column by name, not number)."""
+    message = re.sub(r"CSV column #(\d+)", lambda m: f"column {names[int(m[1])]!r}" if int(m[1]) < len(names)
+                     else m[0], str(error).strip())
+    return SystemExit(f"--input {path}: cannot be read as {Path(path).suffix[1:].upper()}: {message}")
+
+
 def read_schema(path: str) -> pa.Schema:
     """The column names and types of a Parquet or CSV file (a CSV's from its first block)."""
     suffix = _format(path, "--input")
     if not Path(path).is_file():
         raise SystemExit(f"--input {path}: no such file")
-    if suffix == ".parquet":
-        return pq.read_schema(path)
-    with pacsv.open_csv(path) as reader:
-        return reader.schema
+    try:
+        if suffix == ".parquet":
+            schema = pq.read_schema(path)
+        else:
+            with pacsv.open_csv(path) as reader:
+                schema = reader.schema
+        if not schema.names:  # the names are decoded here: a CSV header that is not UTF-8 fails
+            raise SystemExit(f"--input {path}: no columns")
+    except (pa.ArrowException, UnicodeDecodeError) as error:
+        raise unreadable(path, error) from None
+    return schema
 
 
 def input_columns(names, modalities) -> list[str]:
@@ -93,6 +123,9 @@ def _column_array(table: pa.Table, column: str, length: int, path: str) -> np.nd
     """One column as float (N,) or, for a list column, (N, length); nulls become NaN."""
     array = table.column(column).combine_chunks()
     if pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type) or pa.types.is_large_list(array.type):
+        value_type = array.type.value_type
+        if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type) or pa.types.is_null(value_type)):
+            raise ValueError(f"{path}: column {column!r} holds lists of {value_type}; expected numbers")
         lengths = np.asarray(array.value_lengths().fill_null(length))
         if (lengths != length).any():
             raise ValueError(f"{path}: column {column!r} must hold lists of {length} values")
@@ -154,12 +187,21 @@ def output_table(predictions: dict, targets, ids: pa.Array | None) -> pa.Table:
     return pa.table(columns)
 
 
+def temporary_beside(path: str) -> Path:
+    """A new, empty, uniquely named hidden file in `path`'s folder (renamed over `path` when complete): never a
+    name some other file already has."""
+    descriptor, name = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.",
+                                        suffix=f".tmp{Path(path).suffix}")
+    os.close(descriptor)
+    return Path(name)
+
+
 class TableWriter:
     """Appends tables to a Parquet or CSV file that appears, renamed from a temporary file beside it, only when
     `close` is called; `abort` removes the temporary file."""
 
     def __init__(self, path: str):
-        self.path, self.tmp, self.writer, self.rows = path, Path(path).with_name(Path(path).name + ".tmp"), None, 0
+        self.path, self.tmp, self.writer, self.rows = path, temporary_beside(path), None, 0
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
@@ -200,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="modalities to predict (default: every modality the input lacks)")
     parser.add_argument("--uncertainty", action="store_true", help="add std and 16/50/84 percentiles (gaussian head)")
     parser.add_argument("--samples", type=int, default=0, help="draws per galaxy from the predictive distribution")
-    parser.add_argument("--qp", default=None, help="write the redshift posteriors here as a qp ensemble (HDF5)")
+    parser.add_argument("--qp", default=None,
+                        help="write the redshift posteriors here as a qp ensemble (a .hdf5 file)")
     parser.add_argument("--batch-size", type=int, default=4096, help="galaxies per model.predict batch")
     parser.add_argument("--chunk-rows", type=int, default=262_144,
                         help="rows read, predicted and written at a time (bounds the memory)")
@@ -249,6 +292,7 @@ def main(argv=None) -> int:
     if _format(args.output, "--output") == ".csv" and args.samples:
         raise SystemExit("--samples writes list columns, which CSV cannot hold: use a .parquet --output")
     schema = read_schema(args.input)
+    check_outputs(args)
     from .evaluation.cli import load_model, resolve_device
 
     device = resolve_device(args.device)
@@ -264,28 +308,38 @@ def main(argv=None) -> int:
             model.compile_encoder(batch_size=args.batch_size)  # the table's last batch is padded to it
         else:
             model.compile_encoder()
+    unknown = [n for n in args.targets or [] if n not in model.config.modalities]
+    if unknown:
+        raise SystemExit(f"--targets: {', '.join(map(repr, unknown))} not in this model; it knows "
+                         f"{', '.join(model.config.modalities)}")
     columns = input_columns(schema.names, model.config.modalities)
     try:  # a missing or partial column is named before any work
         read_inputs(schema.empty_table(), model.config.modalities, args.input)
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    writer, pdfs, targets = TableWriter(args.output), [], []
+    writer, pdfs, targets, posteriors = TableWriter(args.output), [], [], None
     try:
-        for chunk, table in enumerate(iter_tables(args.input, columns, args.chunk_rows)):
-            predictions, targets = predict_chunk(model, table, args, chunk)
-            if args.qp:
-                pdfs.append(predictions["redshift_pdf"])
-            ids = table.column("galaxy_id").combine_chunks() if "galaxy_id" in table.column_names else None
-            writer.write(output_table(predictions, targets, ids))
+        try:
+            for chunk, table in enumerate(iter_tables(args.input, columns, args.chunk_rows)):
+                predictions, targets = predict_chunk(model, table, args, chunk)
+                if args.qp:
+                    pdfs.append(predictions["redshift_pdf"])
+                ids = table.column("galaxy_id").combine_chunks() if "galaxy_id" in table.column_names else None
+                writer.write(output_table(predictions, targets, ids))
+        except (pa.ArrowException, UnicodeDecodeError) as error:
+            raise unreadable(args.input, error, schema.names) from None
         if writer.rows == 0:
             raise SystemExit(f"--input {args.input}: no rows")
         if args.qp:
-            tmp = Path(args.qp).with_name("tmp_" + Path(args.qp).name)
-            to_qp_ensemble(DEFAULT_REDSHIFT_GRID, np.concatenate(pdfs)).write_to(str(tmp))
-            os.replace(tmp, args.qp)
+            posteriors = temporary_beside(args.qp)
+            to_qp_ensemble(DEFAULT_REDSHIFT_GRID, np.concatenate(pdfs)).write_to(str(posteriors))
         writer.close()
+        if posteriors is not None:
+            os.replace(posteriors, args.qp)
     except BaseException:
         writer.abort()
+        if posteriors is not None:
+            posteriors.unlink(missing_ok=True)
         raise
     print(f"predictions: {args.output} ({writer.rows} galaxies, targets {', '.join(targets)})")
     return 0
@@ -296,6 +350,9 @@ def predict_chunk(model, table: pa.Table, args, chunk: int) -> tuple[dict, list[
     model's order)."""
     try:
         inputs, errors = read_inputs(table, model.config.modalities, args.input)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None  # it names the file
+    try:
         with precision(str(model.device), args.bf16):
             predictions = model.predict(inputs, targets=args.targets, batch_size=args.batch_size,
                                         return_uncertainty=args.uncertainty, num_samples=args.samples,

@@ -712,7 +712,65 @@ def test_mosaic_predict_cli_streams_chunks_with_independent_samples_and_writes_n
     with pytest.raises(SystemExit, match="bad.parquet: column 'lsst' must hold lists of 6 values"):
         predict_cli.main(["--model", str(tmp_path / "model"), "--input", str(tmp_path / "bad.parquet"),
                           "--output", str(tmp_path / "bad_out.parquet"), "--chunk-rows", "5"])
-    assert not list(tmp_path.glob("bad_out*"))
+    assert not list(tmp_path.glob("*bad_out*"))  # nor the hidden temporary file
+
+
+def test_zero_rows_and_bad_arguments_of_the_probabilistic_queries(gaussian_model):
+    lsst = random_columns(np.random.default_rng(9), 3)["lsst"]
+    asked = {"targets": ["redshift", "sfh"], "return_uncertainty": True, "num_samples": 2}
+    one, none = (gaussian_model.predict({"lsst": lsst[:n]}, **asked) for n in (1, 0))
+    assert set(none) == set(one) and "redshift_pdf" in none and "sfh_samples" in none
+    for key, array in one.items():
+        assert none[key].shape == (0, *array.shape[1:]), key
+    for points in (np.zeros(0), np.zeros((0, 5))):
+        assert gaussian_model.cdf({"lsst": lsst[:0]}, {"redshift": points})["redshift"].shape == points.shape
+    with pytest.raises(ValueError, match="num_samples must be >= 0, got -1"):
+        gaussian_model.predict({"lsst": lsst}, targets="redshift", num_samples=-1)
+    with pytest.raises(ValueError, match=r"values: 'redshift' must be finite, \(N,\) or \(N, G\).*got shape \(\)"):
+        gaussian_model.cdf({"lsst": lsst}, {"redshift": 0.5})
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        gaussian_model.cdf({"lsst": lsst}, {"redshift": np.ones(3)}, batch_size=0)
+
+
+def test_mosaic_predict_cli_loses_no_file_and_names_what_it_cannot_read(gaussian_model, tmp_path):
+    """Every path is checked before the model runs: the output may not be the input, a folder, or in a missing
+    folder, and --qp must be HDF5; a failed run leaves the folder as it was (a user's own `.tmp` file included);
+    unreadable input names the file, and a bad CSV value its column."""
+    gaussian_model.save_pretrained(tmp_path / "model")
+    data = tmp_path / "data"
+    data.mkdir()
+    lsst = random_columns(np.random.default_rng(7), 6)["lsst"]
+    pq.write_table(pa.table({"lsst": list(lsst)}), data / "in.parquet")
+    table = [[f"{m:.6f}" for m in lsst[i % 6]] for i in range(30_000)]  # ~1.9 MB: past the CSV's first block
+    table[29_000][2] = "oops"  # lsst_r
+    lines = ["lsst_u,lsst_g,lsst_r,lsst_i,lsst_z,lsst_y", *map(",".join, table)]
+    (data / "bad.csv").write_text("\n".join(lines) + "\n")
+    pq.write_table(pa.table({"lsst": [["a"] * 6] * 2}), data / "strings.parquet")
+    (data / "fake.parquet").write_text("not a parquet file")
+    (data / "out.parquet.tmp").write_text("a user's file")
+    (data / "folder.parquet").mkdir()
+    before = {p: p.read_bytes() for p in data.iterdir() if p.is_file()}
+
+    def refused(message, *argv):
+        with pytest.raises(SystemExit, match=message):
+            predict_cli.main(["--model", str(tmp_path / "model"), "--targets", "redshift", *argv])
+
+    source = str(data / "in.parquet")
+    refused("--output .*in.parquet: the same file as --input", "--input", source, "--output", source)
+    refused("--output .*: no folder", "--input", source, "--output", str(data / "missing" / "out.parquet"))
+    refused("--output .*folder.parquet: is a folder", "--input", source, "--output", str(data / "folder.parquet"),
+            "--qp", str(data / "z.hdf5"))
+    refused("--qp .*z.parquet: the file must end in .hdf5", "--input", source, "--output", str(data / "out.parquet"),
+            "--qp", str(data / "z.parquet"))
+    refused("--input .*bad.csv: cannot be read as CSV: In column 'lsst_r'", "--input", str(data / "bad.csv"),
+            "--output", str(data / "out.parquet"), "--chunk-rows", "2")
+    refused("strings.parquet: column 'lsst' holds lists of string; expected numbers", "--input",
+            str(data / "strings.parquet"), "--output", str(data / "out.parquet"))
+    refused("--input .*fake.parquet: cannot be read as PARQUET", "--input", str(data / "fake.parquet"),
+            "--output", str(data / "out.parquet"))
+    assert {p: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
+    with pytest.raises(SystemExit, match="--model .*missing: no such folder"):
+        predict_cli.main(["--model", str(tmp_path / "missing"), "--input", source, "--output", "out.parquet"])
 
 
 def test_gaussian_checkpoint_reloads_identically_by_remote_code(tmp_path, monkeypatch):

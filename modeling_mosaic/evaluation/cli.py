@@ -42,9 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(name_or_path: str, device: str = "cpu"):
-    """The model through transformers.AutoModel (the repo's own remote code), in eval mode on `device`."""
+    """The model through transformers.AutoModel (the repo's own remote code), in eval mode on `device`. A name
+    that can only be a path (it starts with . / ~ or has more than one /) must be a folder; others may be Hub ids."""
     from transformers import AutoModel
 
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        raise SystemExit(f"--model {name_or_path}: no such folder")
     model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
     return model.to(device).eval()
 
