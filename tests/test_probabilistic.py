@@ -715,6 +715,32 @@ def test_mosaic_predict_cli_streams_chunks_with_independent_samples_and_writes_n
     assert not list(tmp_path.glob("*bad_out*"))  # nor the hidden temporary file
 
 
+def test_each_condition_is_calibrated_on_the_held_out_rows_that_show_all_of_it():
+    """A held-out row missing a value the condition shows (a band not observed) is another query: it is left out
+    of that condition's calibration instead of stopping it (at the end of training, after the run), and a
+    condition that no row shows in full gets no entry."""
+    from modeling_mosaic.evaluation.conditions import CONDITIONS, calibrate_for_conditions, get_condition
+
+    torch.manual_seed(0)
+    model = MosaicModel(MosaicConfig(**TINY, head_type="gaussian")).eval()
+    columns = random_columns(np.random.default_rng(12), 80)
+    columns["lsst"][[3, 40], 2] = np.nan  # two galaxies without an r band
+    columns["spherex"][7, 50] = np.inf  # and one without a SPHEREx channel
+    columns["sfh"][11, -1] = np.nan  # one with a late SFH value missing: in the late window only
+    columns["log_stellar_mass"][:] = np.nan
+    fitted = calibrate_for_conditions(model, columns)
+    assert set(fitted) == {"lsst", "lsst+spherex", "lsst+sfh_late", "lsst+sfh_early"}
+    found = model.config.calibration
+    missing = {"lsst": [3, 40], "lsst+spherex": [3, 7, 40], "lsst+sfh_late": [3, 11, 40], "lsst+sfh_early": [3, 40]}
+    model.config.calibration = []
+    for name, rows in missing.items():
+        condition, keep = get_condition(name), np.setdiff1d(np.arange(80), rows)
+        kept = {k: v[keep] for k, v in columns.items()}
+        model.calibrate(condition.inputs(kept), {t: kept[t] for t in condition.targets(model.config.modalities)})
+    assert found == model.config.calibration
+    assert "stellar_mass" in {c.name for c in CONDITIONS}  # the condition left out above exists
+
+
 def test_zero_rows_and_bad_arguments_of_the_probabilistic_queries(gaussian_model):
     lsst = random_columns(np.random.default_rng(9), 3)["lsst"]
     asked = {"targets": ["redshift", "sfh"], "return_uncertainty": True, "num_samples": 2}

@@ -124,6 +124,9 @@ def test_gaussian_run_saves_calibration_for_the_figure2_queries(catalog, tmp_pat
     with pytest.raises(SystemExit, match="--rows 100000: the train split"):
         calibrate_cli.main(["--model", str(tmp_path / "model"), "--data", catalog, "--out", str(tmp_path / "x"),
                             "--rows", "100000"])
+    (tmp_path / "a_file").write_text("not a model folder")  # save_pretrained would log an error and save nothing
+    with pytest.raises(SystemExit, match="--out .*a_file: a file, not a folder"):
+        calibrate_cli.main(["--model", str(tmp_path / "model"), "--data", catalog, "--out", str(tmp_path / "a_file")])
 
 
 def test_an_error_aware_run_is_calibrated_with_the_errors_of_held_out_photometry_over_its_depths(tmp_path):

@@ -41,6 +41,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--rows must be a positive integer, got {args.rows}")
     if not (Path(args.data) / "data").is_dir():
         raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SystemExit(f"--out {args.out}: a file, not a folder to save the model to")
     from ..noise import CALIBRATION_NOISE_STREAM, depth_columns, error_columns, redraw_photometry
     from .cli import check_depth_scale, load_model
     from .conditions import calibrate_for_conditions

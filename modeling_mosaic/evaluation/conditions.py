@@ -73,6 +73,16 @@ class Condition:
             inputs[name] = values
         return inputs
 
+    def complete_rows(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Which rows of `inputs` (from `Condition.inputs`) show every element the condition shows: the rows its
+        calibration entry is for (a row missing a shown value, a band not observed, is another query)."""
+        complete = np.ones(len(next(iter(inputs.values()))), dtype=bool)
+        for name, values in inputs.items():
+            values = np.asarray(values).reshape(len(complete), -1)
+            shown = np.asarray(self.partial.get(name, np.ones(values.shape[1], dtype=bool)), dtype=bool)
+            complete &= np.isfinite(values[:, shown]).all(axis=1)
+        return complete
+
     def errors(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model's `errors` dict from catalog columns (`error_columns`): the 1-sigma asinh-magnitude errors of
         the photometry shown, at the measured flux, as an observer knows them; zero where the measured flux is the
@@ -116,16 +126,22 @@ def get_condition(name: str) -> Condition:
 
 def calibrate_for_conditions(model, columns: Mapping[str, np.ndarray], conditions=CONDITIONS) -> dict:
     """Fit a probabilistic model's shifts and temperatures (`MosaicModel.calibrate`) for each condition it can
-    run, on held-out `columns` (never the test split), for every target; returns {condition: {target:
-    {"temperature": t, "shift": d}}}. A model with `error_inputs` is given the errors of its photometry
-    (`Condition.errors`: `columns` must then hold the `error_columns`)."""
+    run, on the held-out `columns` (never the test split) that show all of it (`Condition.complete_rows`), for
+    every target; returns {condition: {target: {"temperature": t, "shift": d}}}, leaving out a condition no row
+    shows in full. A model with `error_inputs` is given the errors of its photometry (`Condition.errors`:
+    `columns` must then hold the `error_columns`)."""
     modalities = tuple(model.config.modalities)
     fitted = {}
     for condition in conditions:
         if not set(condition.inputs_needed) <= set(modalities):
             continue
+        inputs = condition.inputs(columns)
+        rows = condition.complete_rows(inputs)
+        if not rows.any():
+            continue
         targets = condition.targets(modalities)
         errors = condition.errors(columns) if model.config.error_inputs else None
-        fitted[condition.name] = model.calibrate(condition.inputs(columns), {t: columns[t] for t in targets},
-                                                 errors=errors)
+        fitted[condition.name] = model.calibrate(
+            {n: v[rows] for n, v in inputs.items()}, {t: np.asarray(columns[t])[rows] for t in targets},
+            errors=None if errors is None else {n: v[rows] for n, v in errors.items()})
     return fitted
