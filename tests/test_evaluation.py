@@ -418,6 +418,28 @@ def test_headline_breakdown_bins_partition_the_test_set_and_carry_each_galaxys_g
                 assert b["gain"] == pytest.approx(1 - with_ / without, rel=1e-4)
 
 
+def test_unknown_truths_are_left_out_of_the_breakdown_and_the_signature():
+    """A test galaxy whose true redshift is NaN or inf (missing) is not binned, and metrics.json stays valid JSON
+    (it is written with allow_nan=False)."""
+    from modeling_mosaic.evaluation.report import HEADLINES, headline_breakdown, test_signature
+
+    rng = np.random.default_rng(0)
+    test = {"redshift": rng.uniform(0.1, 3.0, 40), "log_stellar_mass": rng.uniform(8.0, 11.0, 40),
+            "lsst": rng.normal(24.0, 1.0, (40, 6))}
+    test["redshift"][[2, 5]] = [np.nan, np.inf]
+    conditions = {c for _, with_, without in HEADLINES.values() for c in (with_, without)}
+    predictions = {c: {n: np.nan_to_num(test[n], posinf=1.0) + 0.1 for n in ("redshift", "log_stellar_mass")}
+                   for c in conditions}
+    breakdown = headline_breakdown(test, predictions)
+    for axis, bins in breakdown["redshift_gain_spherex"].items():
+        assert sum(b["n"] for b in bins) == 38, axis
+        assert all(b["mae_with"] == pytest.approx(0.1) for b in bins)
+    assert sum(b["n"] for b in breakdown["stellar_mass_gain_late_vs_early_sfh"]["i_mag"]) == 40
+    signature = test_signature(test)
+    assert signature["redshift_mean"] == pytest.approx(np.delete(test["redshift"], [2, 5]).mean())
+    json.dumps({"breakdown": breakdown, "signature": signature}, allow_nan=False)
+
+
 def test_the_model_was_asked_for_every_target_of_every_condition(evaluation):
     _, _, _, model = evaluation
     asked = {tuple(inputs): set(targets) for inputs, targets in model.predict_calls}

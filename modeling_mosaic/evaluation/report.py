@@ -142,6 +142,7 @@ def test_signature(test: Mapping[str, np.ndarray]) -> dict:
     for name in SIGNATURE_COLUMNS:
         if name in test:
             values = np.asarray(test[name], dtype=np.float64)
+            values = np.where(np.isfinite(values), values, np.nan)  # inf, like NaN, is a missing value
             out[f"{name}_mean"] = np.nanmean(values, axis=0).tolist()
             out[f"{name}_std"] = np.nanstd(values, axis=0).tolist()
     return out
@@ -310,7 +311,8 @@ BREAKDOWN_I_MAG_EDGES = (0.0, 22.0, 23.5, 24.5, 25.5, 26.5, 40.0)
 
 def headline_breakdown(test: Mapping[str, np.ndarray], predictions) -> dict:
     """Where each headline gain comes from: MAE without and with the extra input, and the gain, in bins of
-    true redshift and of i magnitude (the galaxies a survey sees differ from the catalog's mix)."""
+    true redshift and of i magnitude (the galaxies a survey sees differ from the catalog's mix), over the
+    galaxies whose truth is known."""
     axes = {"redshift": (np.asarray(test["redshift"]), BREAKDOWN_REDSHIFT_EDGES)}
     if "lsst" in test:
         axes["i_mag"] = (np.asarray(test["lsst"])[:, I_BAND], BREAKDOWN_I_MAG_EDGES)
@@ -325,7 +327,7 @@ def headline_breakdown(test: Mapping[str, np.ndarray], predictions) -> dict:
         for axis, (values, edges) in axes.items():
             rows = []
             for low, high in zip(edges[:-1], edges[1:]):
-                inside = (values >= low) & (values < high)
+                inside = (values >= low) & (values < high) & np.isfinite(truth)
                 if inside.sum() == 0:
                     continue
                 mae_with, mae_without = float(error_with[inside].mean()), float(error_without[inside].mean())
