@@ -63,6 +63,27 @@ def test_canonical_parquet_round_trip(tmp_path):
     assert catalog["provenance"]["missing_modalities"] == []
 
 
+def test_an_import_never_replaces_its_own_input_or_a_folder_that_is_not_a_catalog(tmp_path):
+    src = tmp_path / "mine.parquet"
+    pq.write_table(chunk_to_table(synthetic_chunk(0, N)), src)
+    import_catalog([src], tmp_path / "out")
+    inside = tmp_path / "out" / "mine.parquet"
+    inside.write_bytes(src.read_bytes())
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("a user's file")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="mine.parquet: inside --out .*out, which the import writes"):
+        import_catalog([inside], tmp_path / "out", overwrite=True)
+    with pytest.raises(ValueError, match="mine.parquet: inside --out .*mine.parquet"):
+        import_catalog([src], src, overwrite=True)
+    for out in (tmp_path / "project", tmp_path / "project" / "notes.txt"):
+        with pytest.raises(FileExistsError, match="is not a finished catalog .*overwrite replaces only a catalog"):
+            import_catalog([src], out, overwrite=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    import_catalog([src], tmp_path / "out", overwrite=True)  # a catalog is replaced
+    assert not inside.exists()
+
+
 def test_diffsky_hdf5_maps_magnitudes_and_marks_missing(tmp_path):
     src = tmp_path / "lc_cores-487.0.diffsky_gals.hdf5"
     given = write_diffsky_hdf5(src)

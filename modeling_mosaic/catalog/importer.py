@@ -278,6 +278,10 @@ def import_catalog(
     progress: bool = False,
 ) -> dict:
     """Import the input files into the catalog folder OUT; returns its catalog.json content."""
+    target = Path(out).resolve()
+    inside = [str(p) for p in inputs if target == Path(p).resolve() or target in Path(p).resolve().parents]
+    if inside:
+        raise ValueError(f"{', '.join(inside)}: inside --out {out}, which the import writes; choose another --out")
     columns, files = read_catalog(inputs)
     n = len(columns["galaxy_id"])
     n_train, n_test = split_sizes(n, test_fraction)

@@ -224,6 +224,9 @@ def write_catalog(
         raise FileExistsError(f"{out} already holds a finished catalog; remove it or choose another --out")
     if not sharded and out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; remove it, choose another --out, or pass overwrite")
+    if not sharded and out.exists() and not (out / "catalog.json").is_file():  # never rmtree a user's own folder
+        raise FileExistsError(f"{out} exists and is not a finished catalog (no catalog.json): overwrite replaces "
+                              "only a catalog; remove it yourself or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_dir(out, f"shard-{shard_index}-of-{num_shards}" if sharded else "build")
     try:
