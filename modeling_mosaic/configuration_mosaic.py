@@ -154,6 +154,10 @@ class MosaicConfig(PretrainedConfig):
             if not 1 <= size <= MODALITIES[name].length:
                 raise ValueError(f"patch_sizes[{name!r}] = {size} must lie in 1..{MODALITIES[name].length}")
 
+        for name, size in (("hidden_size", hidden_size), ("num_attention_heads", num_attention_heads),
+                           ("intermediate_size", intermediate_size)):
+            if int(size) < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
                              f"{num_attention_heads}")

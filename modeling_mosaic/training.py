@@ -354,6 +354,13 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     from .noise import CALIBRATION_NOISE_STREAM, depth_columns, error_columns, noise_columns, redraw_photometry
 
     MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
+    for argument in ("validation_size", "max_train_samples"):
+        value = getattr(data_args, argument)
+        if value is not None and value < 1:
+            raise ValueError(f"--{argument} must be a positive integer, got {value}")
+    if (Path(training_args.output_dir) / "catalog.json").exists():
+        raise ValueError(f"--output_dir {training_args.output_dir} holds a catalog: the model and its card would be "
+                         "written over it; choose another --output_dir")
     keep_freed_memory()
     if training_args.push_to_hub and training_args.hub_strategy != "end":
         raise ValueError(f"--hub_strategy {training_args.hub_strategy.value}: pushing during training uploads the "
@@ -380,7 +387,7 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     calibration = calibration_split(calibration_path, data_args.calibration_rows, needed) if calibration_path else None
     n_val = min(data_args.validation_size, len(train) // 5)
     n_train = len(train) - n_val
-    if data_args.max_train_samples:
+    if data_args.max_train_samples is not None:
         n_train = min(n_train, data_args.max_train_samples)
     sample = train.select(range(min(n_train, STEP_STATISTICS_ROWS)))
     set_seed(training_args.seed)  # the initial weights depend on the seed alone, not on what ran before

@@ -238,11 +238,24 @@ def test_query_and_loss_weights_reach_the_saved_config(catalog, tmp_path):
     (["--mask_query_weights", '{"lsst+sed": 2}'], r"--mask_query_weights: \['lsst\+sed'\] are not among"),
     (["--mask_query_weights", "[1, 2]"], "--mask_query_weights: expected a JSON object"),
     (["--loss_weights", "{redshift: 2}"], "--loss_weights: not valid JSON"),
+    (["--validation_size", "0"], "--validation_size must be a positive integer, got 0"),
+    (["--max_train_samples", "0"], "--max_train_samples must be a positive integer, got 0"),
+    (["--hidden_size", "-4"], "hidden_size must be >= 1, got -4"),
 ])
-def test_bad_weights_fail_before_anything_is_written(catalog, tmp_path, extra, message):
+def test_bad_weights_and_sizes_fail_before_anything_is_written(catalog, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         train(catalog, tmp_path / "model", *extra)
     assert not (tmp_path / "model").exists()
+
+
+def test_a_model_is_never_written_into_a_catalog_folder(catalog, tmp_path):
+    import shutil
+
+    shutil.copytree(catalog, tmp_path / "catalog")
+    before = {p: p.read_bytes() for p in (tmp_path / "catalog").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="--output_dir .*catalog holds a catalog"):
+        train(str(tmp_path / "catalog"), tmp_path / "catalog")
+    assert {p: p.read_bytes() for p in (tmp_path / "catalog").rglob("*") if p.is_file()} == before
 
 
 def test_persistent_workers_are_refused_before_training(catalog, tmp_path):
