@@ -163,6 +163,28 @@ def test_error_truncated_file_names_it(tmp_path, suffix):
         read_catalog([src])
 
 
+def test_error_non_numeric_or_single_value_columns_name_file_and_column(tmp_path):
+    write_diffsky_hdf5(tmp_path / "text.hdf5", redshift_true=np.array([b"0.5"] * N))
+    with pytest.raises(ValueError, match="text.hdf5: column 'redshift_true' must be numeric, got \\|S3"):
+        read_catalog([tmp_path / "text.hdf5"])
+    write_diffsky_hdf5(tmp_path / "single.hdf5", logsm_obs=np.float64(10.0))
+    with pytest.raises(ValueError, match="single.hdf5: column 'logsm_obs' holds one value; expected one per galaxy"):
+        read_catalog([tmp_path / "single.hdf5"])
+    table = chunk_to_table(synthetic_chunk(0, N))
+    words = pa.array([["a"] * 6] * N, pa.list_(pa.string()))
+    pq.write_table(table.set_column(table.column_names.index("lsst"), "lsst", words), tmp_path / "words.parquet")
+    with pytest.raises(ValueError, match="words.parquet: column 'lsst' must hold numbers, got lists of string"):
+        read_catalog([tmp_path / "words.parquet"])
+
+
+def test_galaxy_ids_beyond_float64_precision_are_kept_exactly(tmp_path):
+    chunk = synthetic_chunk(0, N)
+    chunk["galaxy_id"] = 2**62 + np.arange(N)  # 2**62 + 1 is not a float64
+    pq.write_table(chunk_to_table(chunk), tmp_path / "big_ids.parquet")
+    columns, _ = read_catalog([tmp_path / "big_ids.parquet"])
+    np.testing.assert_array_equal(columns["galaxy_id"], chunk["galaxy_id"])
+
+
 def test_error_no_modality_and_unknown_extension(tmp_path):
     src = tmp_path / "params_only.h5"
     with h5py.File(src, "w") as f:

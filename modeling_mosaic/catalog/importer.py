@@ -106,6 +106,10 @@ def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], dict]:
                 raw[name] = group[name][()]
             except (OSError, ValueError) as err:
                 raise ValueError(f"{path}: column {name!r} cannot be read (truncated or corrupt file?): {err}") from err
+            if np.ndim(raw[name]) == 0:
+                raise ValueError(f"{path}: column {name!r} holds one value; expected one per galaxy")
+            if np.asarray(raw[name]).dtype.kind not in "biuf":
+                raise ValueError(f"{path}: column {name!r} must be numeric, got {np.asarray(raw[name]).dtype}")
         header = {}
         if isinstance(f.get("header"), h5py.Group):
             f["header"].visititems(lambda key, obj: header.update(
@@ -120,6 +124,9 @@ def _parquet_vector(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     col = col.combine_chunks()
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
         raise ValueError(f"{path}: column {name!r} must be a list column of {length} values, got type {col.type}")
+    if not (pa.types.is_floating(col.type.value_type) or pa.types.is_integer(col.type.value_type)
+            or pa.types.is_null(col.type.value_type)):
+        raise ValueError(f"{path}: column {name!r} must hold numbers, got lists of {col.type.value_type}")
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     wrong = np.flatnonzero(valid & (lengths != length))
@@ -146,6 +153,8 @@ def _read_parquet(path: Path) -> tuple[dict[str, np.ndarray], dict]:
             raise ValueError(f"{path}: column {name!r} cannot be read (truncated or corrupt file?): {err}") from err
         if name in COLUMNS_BY_NAME and COLUMNS_BY_NAME[name].length:
             raw[name] = _parquet_vector(col, path, name)
+        elif name == "galaxy_id" and pa.types.is_integer(col.type) and col.null_count == 0:
+            raw[name] = col.to_numpy().astype(np.int64)  # exact: a float64 holds integers only up to 2**53
         elif pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type):
             raw[name] = col.cast(pa.float64()).fill_null(np.nan).to_numpy()
         else:
