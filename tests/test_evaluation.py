@@ -606,6 +606,21 @@ def test_cli_rejects_bad_arguments(tmp_path):
         cli.main(["--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "tpu"])
 
 
+def test_load_model_names_the_argument_of_a_missing_folder_or_an_unreachable_hub_id(tmp_path, monkeypatch):
+    import transformers
+
+    for name in (str(tmp_path / "missing"), "./missing", "a/b/c"):
+        with pytest.raises(SystemExit, match=f"--model {name}: no such folder"):
+            cli.load_model(name)
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", offline)
+    with pytest.raises(SystemExit, match="--model org/name: We couldn't connect"):
+        cli.load_model("org/name")
+
+
 def test_card_section_is_replaced_or_appended():
     from modeling_mosaic.card import replace_section
 

@@ -49,7 +49,10 @@ def load_model(name_or_path: str, device: str = "cpu"):
     path = Path(name_or_path).expanduser()
     if not path.is_dir() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
         raise SystemExit(f"--model {name_or_path}: no such folder")
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
+    try:
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
+    except OSError as error:  # not a folder here: a Hub id that is unknown, private or out of reach offline
+        raise SystemExit(f"--model {name_or_path}: {error}") from None
     return model.to(device).eval()
 
 
