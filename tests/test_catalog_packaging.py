@@ -191,6 +191,16 @@ def test_sharded_build_plus_finalize_equals_unsharded(built, tmp_path):
     assert (out / "README.md").read_text().split("## Columns")[1] == (built / "README.md").read_text().split("## Columns")[1]
 
 
+def test_a_sharded_build_refuses_a_folder_with_other_files(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("a user's notes")
+    with pytest.raises(FileExistsError, match="mine holds README.md, not only a sharded build's data/ and shards/"):
+        write_catalog(out, synthetic_source, LAYOUT, PROVENANCE, shard_index=0, num_shards=2)
+    assert [p.name for p in tmp_path.rglob("*")] == ["mine", "README.md"]
+    assert (out / "README.md").read_text() == "a user's notes"
+
+
 def test_finalize_refuses_mixed_options(tmp_path):
     out = tmp_path / "mixed"
     write_catalog(out, synthetic_source, LAYOUT, PROVENANCE, shard_index=0, num_shards=2)
