@@ -222,10 +222,13 @@ def write_catalog(
         raise ValueError("overwrite applies to unsharded builds only: the shards of a build share one OUT")
     if sharded and (out / "catalog.json").exists():
         raise FileExistsError(f"{out} already holds a finished catalog; remove it or choose another --out")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in ("data", SHARDS_DIR)) if out.is_dir() else []
-    if sharded and (foreign or (out.exists() and not out.is_dir())):  # finalize writes README.md and more there
-        raise FileExistsError(f"{out} holds {', '.join(foreign) or 'a file'}, not only a sharded build's data/ and "
-                              f"{SHARDS_DIR}/; choose a new or empty --out")
+    if sharded and out.exists():  # finalize writes README.md, catalog.json and normalization.json into OUT
+        if not out.is_dir():
+            raise FileExistsError(f"{out} is a file; choose a new or empty folder as --out")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ("data", SHARDS_DIR))
+        if foreign:
+            raise FileExistsError(f"{out} holds {', '.join(foreign)}, not only a sharded build's data/ and "
+                                  f"{SHARDS_DIR}/; choose a new or empty --out")
     if not sharded and out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; remove it, choose another --out, or pass overwrite")
     if not sharded and out.exists() and not (out / "catalog.json").is_file():  # never rmtree a user's own folder
