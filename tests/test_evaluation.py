@@ -628,3 +628,13 @@ def test_card_section_is_replaced_or_appended():
     new = replace_section(card, "Evaluation", "new numbers")
     assert "old numbers" not in new and "new numbers" in new and new.index("new numbers") < new.index("## Limitations")
     assert replace_section("# M\n", "Evaluation", "x").endswith("## Evaluation\n\nx\n")
+
+
+def test_report_files_are_written_atomically_without_touching_a_users_tmp_file(tmp_path):
+    from modeling_mosaic.evaluation.report import write_text
+
+    (tmp_path / "metrics.json.tmp").write_text("a user's file")
+    write_text("{}", tmp_path / "metrics.json")
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "metrics.json.tmp"]
+    assert (tmp_path / "metrics.json.tmp").read_text() == "a user's file"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -496,11 +497,17 @@ def _write_figures(model, test, results, predictions, conditions, modalities, ou
 
 
 def write_text(text: str, path) -> None:
-    """Write a file atomically: a temporary file beside it, then rename."""
+    """Write a file atomically: a new, uniquely named temporary file beside it (never a name a user's file may
+    have, such as metrics.json.tmp), then rename."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- REPORT
