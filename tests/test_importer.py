@@ -56,8 +56,11 @@ def test_canonical_parquet_round_trip(tmp_path):
     train, test = as_numpy(ds["train"]), as_numpy(ds["test"])
     got = {name: np.concatenate([train[name], test[name]]) for name in COLUMN_NAMES}
     order = np.argsort(got["galaxy_id"])
-    for name in COLUMN_NAMES:
-        np.testing.assert_array_equal(got[name][order], chunk[name], err_msg=name)
+    for name in COLUMN_NAMES:  # +-inf is stored as the missing value NaN
+        expected = chunk[name]
+        if expected.dtype.kind == "f":
+            expected = np.where(np.isinf(expected), np.nan, expected)
+        np.testing.assert_array_equal(got[name][order], expected, err_msg=name)
         assert got[name].dtype == chunk[name].dtype
     assert np.all(np.diff(train["galaxy_id"]) > 0) and np.all(np.diff(test["galaxy_id"]) > 0)  # input order kept
     assert catalog["provenance"]["missing_modalities"] == []
@@ -123,6 +126,28 @@ def test_redshift_obs_is_the_fallback_and_nan_redshift_is_missing(tmp_path):
     columns, files = read_catalog([src])
     np.testing.assert_array_equal(columns["redshift"], z.astype(np.float32))
     assert files[0].sources["redshift"] == "redshift_obs"
+
+
+def test_infinite_values_are_stored_as_missing(tmp_path):
+    """+-inf means "missing" like NaN: the catalog holds NaN there (also in what derives from an infinite flux),
+    and the finite values are kept exactly."""
+    chunk = synthetic_chunk(0, N)
+    chunk["redshift"][2], chunk["log_stellar_mass"][4] = np.inf, -np.inf
+    chunk["sed"][5, 10] = np.inf
+    table = chunk_to_table(chunk).drop_columns(["lsst"])  # the asinh magnitudes derive from the fluxes
+    flux = np.stack(table.column("lsst_flux").to_numpy(zero_copy_only=False))
+    flux[7, 1] = np.inf
+    table = table.set_column(table.schema.get_field_index("lsst_flux"), "lsst_flux",
+                             pa.array(list(flux), table.schema.field("lsst_flux").type))
+    pq.write_table(table, tmp_path / "inf.parquet")
+    columns, _ = read_catalog([tmp_path / "inf.parquet"])
+    for name, where in (("redshift", 2), ("log_stellar_mass", 4), ("sed", (5, 10)), ("lsst_flux", (7, 1)),
+                        ("lsst", (7, 1))):
+        assert np.isnan(columns[name][where]), name
+    assert not any(np.isinf(v).any() for v in columns.values() if v.dtype.kind == "f")
+    finite = np.isfinite(chunk["sed"])
+    np.testing.assert_array_equal(columns["sed"][finite], chunk["sed"][finite])
+    assert np.isfinite(columns["lsst"][np.isfinite(flux)]).all()
 
 
 def test_error_wrong_vector_length_names_file_and_column(tmp_path):

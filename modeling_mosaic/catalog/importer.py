@@ -13,8 +13,8 @@ the attributes of a `header/` group are kept in the provenance. Canonical names 
 magnitudes missing but fluxes present are computed from the fluxes with the registry's softenings.
 
 What is required: galaxy_id only. If absent it is the row number over all inputs; if present every value
-must be a finite integer, and all must be unique. Every other value may be NaN (= missing; inf too), so a
-photometric catalog without redshifts imports fine. A modality the catalog lacks becomes an all-NaN column
+must be a finite integer, and all must be unique. Every other value may be NaN (= missing; +-inf too, stored
+as NaN), so a photometric catalog without redshifts imports fine. A modality the catalog lacks becomes an all-NaN column
 (`quenched` unknown is -1), but a catalog with no finite value in any of the seven modalities is an error.
 Errors name the file and the column.
 
@@ -232,6 +232,9 @@ def _map_file(path: Path, raw: dict[str, np.ndarray], header: dict) -> ImportedF
     if "galaxy_id" in cols:
         cols["galaxy_id"] = _galaxy_ids(path, cols["galaxy_id"])
     cols = {c.name: cols[c.name].astype(c.dtype, copy=False) for c in COLUMNS if c.name in cols}
+    for values in cols.values():  # +-inf means missing, as NaN does: the catalog stores one missing value
+        if values.dtype.kind == "f":
+            values[np.isinf(values)] = np.nan
     return ImportedFile(path, cols, sources, header)
 
 
