@@ -638,3 +638,28 @@ def test_report_files_are_written_atomically_without_touching_a_users_tmp_file(t
     assert (tmp_path / "metrics.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "metrics.json.tmp"]
     assert (tmp_path / "metrics.json.tmp").read_text() == "a user's file"
+
+
+def test_a_run_that_fails_half_way_leaves_the_earlier_report_whole(evaluation, dataset, tmp_path):
+    """The figures, metrics.json and REPORT.md of a run reach --out together at its end: a run that fails after
+    writing its first figure leaves the earlier report's files byte for byte, and no staging folder."""
+    import shutil
+
+    from modeling_mosaic.evaluation import figures
+
+    root, splits = dataset
+    out = tmp_path / "out"
+    shutil.copytree(evaluation[0], out)
+    (out / "figure2_conditions.png").write_bytes(b"an earlier run's figure")  # what the failing run draws first
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    model = FakeModel({k: np.asarray(v) for k, v in splits["test"].items()})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "load_model", lambda name, device="cpu": model)
+        mp.setattr(figures, "figure_photoz", broken)
+        with pytest.raises(RuntimeError, match="plotting failed"):
+            cli.main(["--model", "fake", "--data", str(root), "--out", str(out), "--no-baselines", "--no-ablation"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

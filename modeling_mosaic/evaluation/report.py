@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -444,13 +445,21 @@ def run_evaluation(
                 gains.update({f"{convention} SFH, {name}": gain for name, gain in sfh_convention_ablation(
                     catalog_train, catalog_test, seed=seed, max_train=max_train, threads=threads).items()})
             metrics["sfh_convention_ablation"] = gains
-    figure_files = {}
-    if figures:
-        figure_files = _write_figures(model, test, results, predictions, conditions, modalities, out_dir,
-                                      batch_size, seed, metrics, pits)
-    metrics["timing_s"]["total"] = round(time.perf_counter() - start, 3)
-    write_text(json.dumps(metrics, indent=2, allow_nan=False), out_dir / "metrics.json")
-    write_text(render_report(metrics, figure_files), out_dir / "REPORT.md")
+    # The report's files are written into a hidden staging folder and moved into OUT together at the end: a run
+    # that fails half-way leaves an earlier report in OUT whole, not new figures beside old metrics.
+    stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".mosaic-evaluate-"))
+    try:
+        figure_files = {}
+        if figures:
+            figure_files = _write_figures(model, test, results, predictions, conditions, modalities, stage,
+                                          batch_size, seed, metrics, pits)
+        metrics["timing_s"]["total"] = round(time.perf_counter() - start, 3)
+        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+        (stage / "REPORT.md").write_text(render_report(metrics, figure_files))
+        for path in sorted(stage.iterdir()):
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     card = Path(model_name) / "README.md" if model_name else None
     if card is not None and card.is_file():
         write_text(replace_section(card.read_text(), "Evaluation", card_summary(metrics)), card)
