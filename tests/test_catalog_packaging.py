@@ -7,6 +7,7 @@ generator's rows do), and it has NaN, inf and zeros where the real catalog may h
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -149,6 +150,11 @@ def test_load_catalog_and_torch_format(built, tmp_path):
     assert batch["spherex"].shape == (4, 102) and str(batch["spherex"].dtype) == "torch.float32"
     with pytest.raises(ValueError, match="not a finished MOSAIC catalog"):
         load_catalog(tmp_path)
+    # A missing folder whose name cannot be a Hub id ("name" or "owner/name") is named, not looked up on the Hub.
+    for missing in (tmp_path / "gone", "./gone", "data/demo/gone"):
+        for read in (load_catalog, read_normalization):
+            with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(missing))}: no such catalog folder$"):
+                read(missing)
 
 
 # ----------------------------------------------------------------------------------------- statistics

@@ -8,6 +8,8 @@ servers do and do not exercise.
 
 import base64
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -190,6 +192,26 @@ def test_push_parquet_dataset_then_load_dataset_through_olah(tmp_path):
     repo = BareRepo(BareRepo.location(mirrors, "datasets", DATASET_ID))
     assert {path: repo.read(path) for path in repo.files()} == folder_files(export)
     assert loaded == rows
+
+
+def test_a_catalog_name_neither_here_nor_on_the_hub_is_one_named_error(tmp_path):
+    """"org/name" is a folder here or a dataset on the Hub: when it is neither, `load_catalog` and
+    `read_normalization` say so, naming it, whatever the Hub client raised (here: offline, nothing cached)."""
+    code = (
+        "from modeling_mosaic.catalog.io import load_catalog, read_normalization\n"
+        "for read in (load_catalog, read_normalization):\n"
+        "    try:\n"
+        "        read('org/no-such-catalog')\n"
+        "    except FileNotFoundError as error:\n"
+        "        print(str(error).splitlines()[0])\n"
+    )
+    env = hub_env(f"http://127.0.0.1:{free_port()}", tmp_path / "hf-home", HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, check=True)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout + result.stderr
+    for line in lines:
+        assert line.startswith("org/no-such-catalog: no such catalog folder here, and the Hub could not provide"), line
 
 
 def http(method: str, url: str, body: bytes = b"", token: str | None = "hf_dummy") -> tuple[int, dict, str | None]:

@@ -7,6 +7,7 @@ catalog rebuilt in the same place with the same sizes would silently come back f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,10 +26,20 @@ CATALOG_FILE = "catalog.json"
 NORMALIZATION_FILE = "normalization.json"
 
 
+def can_only_be_a_path(name: str | os.PathLike) -> bool:
+    """Whether a name cannot be a Hub repo id ("name" or "owner/name"): it starts with . / ~ or has more than
+    one /. Such a name that is missing here is a missing folder, not something to look up on the Hub."""
+    text = os.fspath(name)
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or (os.sep != "/" and os.sep in text)
+
+
 def _local_catalog(path_or_hub_id: str | os.PathLike) -> Path | None:
-    """The catalog folder if the argument names an existing local path (checked to be finished), else None."""
+    """The catalog folder if the argument names an existing local path (checked to be finished); None for a
+    missing one that may be a Hub dataset id."""
     path = Path(path_or_hub_id).expanduser()
     if not path.exists():
+        if can_only_be_a_path(path_or_hub_id):
+            raise FileNotFoundError(f"{path_or_hub_id}: no such catalog folder")
         return None
     if not (path / CATALOG_FILE).exists():
         raise ValueError(
@@ -52,8 +63,9 @@ def load_catalog(
     local = _local_catalog(path_or_hub_id)
     cache_dir = None if cache_dir is None else str(cache_dir)
     if local is None:
-        return load_dataset(str(path_or_hub_id), split=split, features=catalog_features(), streaming=streaming,
-                            cache_dir=cache_dir)
+        with _named_hub_errors(path_or_hub_id):
+            return load_dataset(str(path_or_hub_id), split=split, features=catalog_features(), streaming=streaming,
+                                cache_dir=cache_dir)
     catalog_bytes = (local / CATALOG_FILE).read_bytes()
     catalog = json.loads(catalog_bytes)
     data_files = {s: [str(local / f) for f in info["files"]] for s, info in catalog["splits"].items()}
@@ -75,7 +87,20 @@ def read_normalization(path_or_hub_id: str | os.PathLike) -> dict:
         return load_normalization(local / NORMALIZATION_FILE)
     from huggingface_hub import hf_hub_download
 
-    return load_normalization(hf_hub_download(str(path_or_hub_id), NORMALIZATION_FILE, repo_type="dataset"))
+    with _named_hub_errors(path_or_hub_id):
+        path = hf_hub_download(str(path_or_hub_id), NORMALIZATION_FILE, repo_type="dataset")
+    return load_normalization(path)
+
+
+@contextlib.contextmanager
+def _named_hub_errors(name):
+    """A name that is no folder here and that the Hub cannot provide (unknown, private, or offline): one error
+    that says both, since "data/mine" may be a mistyped folder as well as a dataset id."""
+    try:
+        yield
+    except OSError as error:  # FileNotFoundError, ConnectionError and huggingface_hub's errors are OSErrors
+        raise FileNotFoundError(f"{name}: no such catalog folder here, and the Hub could not provide a dataset of "
+                                f"that name: {error}") from error
 
 
 def arrow_to_numpy(array: pa.Array | pa.ChunkedArray, name: str, source: str) -> np.ndarray:

@@ -46,8 +46,10 @@ def load_model(name_or_path: str, device: str = "cpu"):
     that can only be a path (it starts with . / ~ or has more than one /) must be a folder; others may be Hub ids."""
     from transformers import AutoModel
 
+    from ..catalog.io import can_only_be_a_path
+
     path = Path(name_or_path).expanduser()
-    if not path.is_dir() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+    if not path.is_dir() and can_only_be_a_path(name_or_path):
         raise SystemExit(f"--model {name_or_path}: no such folder")
     try:
         model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
