@@ -219,6 +219,15 @@ class MosaicLayout(nn.Module):
             self.redshift_element = config.modality_slices["redshift"].start
             self.redshift_token = sum(-(-MODALITIES[n].length // config.patch_sizes[n]) for n in before)
 
+    def _apply(self, fn, recurse=True):
+        """`model.half()` or `.to(torch.bfloat16)` moves these tables but keeps their dtype: the SED's offset (1e15)
+        overflows float16, bf16 rounds the LSST means to 1/32 magnitude, and `normalize` works in float32 anyway."""
+        def same_dtype(table):
+            moved = fn(table)
+            return moved if moved.dtype == table.dtype else table.to(moved.device)
+
+        return super()._apply(same_dtype, recurse)
+
     @staticmethod
     def tables(config: MosaicConfig) -> dict:
         """name -> tensor: per element its modality, whether it is the redshift, and its transform; per token its

@@ -607,3 +607,20 @@ def test_learns_a_cross_modal_relation():
 
     assert normalised_mse("redshift", ["lsst"]) < 0.3
     assert normalised_mse("log_stellar_mass", ["log_halo_mass"]) < 0.3
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_model_cast_to_another_dtype_keeps_its_normalisation_tables(model, dtype, tmp_path):
+    """`.to(dtype)` (and `from_pretrained(dtype=...)`) casts the weights, not the layout's tables: in float16 the
+    SED's offset (1e15) overflowed and every SED normalised alike; bf16 rounded the LSST means to 1/32 mag."""
+    from modeling_mosaic.modeling_mosaic import MosaicLayout
+
+    tables = MosaicLayout.tables(model.config)
+    model.save_pretrained(tmp_path)
+    for cast in (copy.deepcopy(model).to(dtype), MosaicModel.from_pretrained(tmp_path, dtype=dtype).eval()):
+        assert cast.embeddings.weight.dtype == dtype
+        for name, table in tables.items():
+            assert getattr(cast.layout, name).dtype == table.dtype and torch.equal(getattr(cast.layout, name), table)
+        sed, values = torch.tensor([model.config.modality_slices["sed"].start]), torch.tensor([[1e27], [1e29]])
+        normalised, expected = cast.layout.normalize(values, sed)[0], model.layout.normalize(values, sed)[0]
+        assert torch.equal(normalised, expected) and normalised[0] != normalised[1]
