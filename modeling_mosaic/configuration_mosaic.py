@@ -275,7 +275,8 @@ class MosaicConfig(PretrainedConfig):
     def column_arrays(self, columns, argument="inputs") -> dict:
         """This model's modality columns as float32 arrays, checked: at least one, each (N,) or (N, 1) for a scalar
         and (N, length) for a vector, the same N for all. Other columns (ids, modalities this model does not use)
-        are left out. `argument` names the caller's argument in error messages."""
+        are left out. `argument` names the caller's argument in error messages. A finite value beyond float32's
+        range becomes float32's largest (an SED in erg/s, ~1e40, is a huge value, not a missing one)."""
         if not hasattr(columns, "items"):  # a dict, or a table with named columns (a pandas DataFrame)
             raise TypeError(f"{argument}: expected a dict of modality name -> array, got {type(columns).__name__}")
         given = {n: v for n, v in columns.items() if n in self.modalities}
@@ -286,10 +287,15 @@ class MosaicConfig(PretrainedConfig):
             if np.iscomplexobj(value):
                 raise ValueError(f"{argument}[{name!r}] is complex; expected real numbers (NaN where missing)")
             try:
-                arrays[name] = np.asarray(value, dtype=np.float32)
+                with np.errstate(over="ignore"):
+                    arrays[name] = np.asarray(value, dtype=np.float32)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{argument}[{name!r}] is not numeric ({error}); expected real numbers (NaN where "
                                  "missing)") from None
+            if np.isinf(arrays[name]).any():  # a finite value past float32's range is a huge value, not a missing one
+                wide = np.asarray(value, dtype=np.float64)
+                largest = np.finfo(np.float32).max
+                arrays[name] = np.where(np.isfinite(wide), np.clip(wide, -largest, largest), wide).astype(np.float32)
         sizes = {n: a.shape[0] if a.ndim else None for n, a in arrays.items()}
         if len(set(sizes.values())) != 1 or None in sizes.values():
             raise ValueError(f"{argument}: every modality needs the same number of rows, got {sizes}")

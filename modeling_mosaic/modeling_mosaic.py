@@ -306,10 +306,11 @@ class MosaicLayout(nn.Module):
 
     def normalize_errors(self, errors: torch.Tensor, visible: torch.Tensor,
                          elements: torch.Tensor | None = None) -> torch.Tensor:
-        """Learning-space errors (B, E) -> in units of each element's std, 0 where unknown or not visible (a
-        hidden element's error must not reach the encoder any more than its value)."""
+        """Learning-space errors (B, E) -> in units of each element's std, 0 where unknown (NaN) or not visible (a
+        hidden element's error must not reach the encoder any more than its value); an infinite error is the
+        largest the encoder reads (INPUT_CLIP), not an unknown one."""
         errors = errors.float().abs()
-        known = visible & torch.isfinite(errors)
+        known = visible & ~torch.isnan(errors)
         return torch.where(known, errors / self._table("std", elements).float(), 0.0).clamp(max=INPUT_CLIP)
 
     def to_learning_space(self, normalised: torch.Tensor, elements: torch.Tensor | None = None) -> torch.Tensor:
@@ -826,6 +827,11 @@ class MosaicModel(MosaicPreTrainedModel):
         rows = len(next(iter(arrays.values())))
         if rows != num_rows:
             raise ValueError(f"errors: {rows} rows, but the inputs have {num_rows}")
+        for name, array in arrays.items():
+            if (array < 0).any():
+                row = int(np.argwhere(array < 0)[0][0])
+                raise ValueError(f"errors[{name!r}] is negative in row {row}; a 1-sigma error is >= 0 (NaN where "
+                                 "unknown, inf where the value carries no information)")
         return arrays
 
     def _flat_errors(self, errors, names, num_rows) -> np.ndarray | None:
@@ -882,7 +888,8 @@ class MosaicModel(MosaicPreTrainedModel):
             well below the posteriors' widths (0.001 for LSST + SPHEREx): a PIT or CDF read off a tabulated
             pdf is only as good as its grid.
         errors (models with `error_inputs` only): name -> 1-sigma errors of given inputs, in the inputs'
-            physical units and shapes (asinh-magnitude errors for lsst and spherex); NaN = unknown.
+            physical units and shapes (asinh-magnitude errors for lsst and spherex); NaN = unknown (read as 0),
+            inf = no information (read as the largest error the encoder takes); negative errors are refused.
         return_pdf: False leaves `redshift_pdf` out of `return_uncertainty`'s outputs (tabulating it is about
             30% of the cost of a redshift's uncertainties); the other outputs are the same.
         Returns name -> float32 arrays. The encoder runs on the tokens of the input and target modalities only,

@@ -624,3 +624,33 @@ def test_a_model_cast_to_another_dtype_keeps_its_normalisation_tables(model, dty
         sed, values = torch.tensor([model.config.modality_slices["sed"].start]), torch.tensor([[1e27], [1e29]])
         normalised, expected = cast.layout.normalize(values, sed)[0], model.layout.normalize(values, sed)[0]
         assert torch.equal(normalised, expected) and normalised[0] != normalised[1]
+
+
+def test_a_finite_input_past_float32s_range_is_a_huge_value_not_a_missing_one(model):
+    """An SED in erg/s (~1e40) does not fit float32: it is read as float32's largest value, not as NaN."""
+    largest = np.finfo(np.float32).max
+
+    def mass(sed):
+        return model.predict({"sed": sed}, targets=["log_stellar_mass"])["log_stellar_mass"]
+
+    huge, clipped, missing = mass(np.full((1, 256), 1e40)), mass(np.full((1, 256), largest)), mass(
+        np.full((1, 256), np.nan))
+    assert huge == clipped and huge != missing
+    assert mass(np.full((1, 256), -1e40)) == mass(np.full((1, 256), -largest))
+
+
+def test_an_infinite_error_is_the_largest_error_and_a_negative_one_is_refused():
+    """NaN = unknown (read as 0); +inf = no information, read as the largest error the encoder takes (as 1e30 is),
+    not as an unknown one; a negative error is a named error."""
+    torch.manual_seed(0)
+    noisy = MosaicModel(MosaicConfig(**TINY, error_inputs=True)).eval()
+    lsst = np.random.default_rng(0).normal(24.0, 1.0, (3, 6))
+
+    def redshift(error):
+        return noisy.predict({"lsst": lsst}, targets="redshift", errors={"lsst": np.full((3, 6), error)})["redshift"]
+
+    np.testing.assert_array_equal(redshift(np.inf), redshift(1e30))
+    np.testing.assert_array_equal(redshift(np.nan), redshift(0.0))
+    assert not np.array_equal(redshift(np.inf), redshift(np.nan))
+    with pytest.raises(ValueError, match=r"errors\['lsst'\] is negative in row 0"):
+        redshift(-0.1)
