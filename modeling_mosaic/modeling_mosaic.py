@@ -31,10 +31,12 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_mosaic import MosaicConfig, true_runs
 from .modalities import MODALITIES, PHYSICAL_MAXIMUM, get_modality
+
+logger = logging.get_logger(__name__)
 
 #: Normalised values are clipped to +-INPUT_CLIP so an absurd input (1e30 in a magnitude column) cannot
 #: overflow the float32 statistics of a LayerNorm; real data lies within a few tens of standard deviations.
@@ -54,6 +56,8 @@ QUANTILE_TABLE_NODES = 25
 #: `calibrate` fits a shift and a temperature on at most this many scored values per target (evenly strided over
 #: rows and elements); a scalar's PIT map on all of its rows.
 CALIBRATION_POINTS = 20_000
+#: Below this many scored rows `calibrate` warns: a fit's PIT is then flat only to its sampling noise (~0.04 at 1,000).
+CALIBRATION_ROWS = 1_000
 #: The grids `fit_shift_and_temperature` searches: temperatures 0.2-5 (log-spaced), shifts -1..1 sigma.
 TEMPERATURE_GRID = np.exp(np.linspace(math.log(0.2), math.log(5.0), 161))
 SHIFT_GRID = np.linspace(-1.0, 1.0, 81)
@@ -1100,8 +1104,9 @@ class MosaicModel(MosaicPreTrainedModel):
         `inputs` (every row given the same elements): the move d, in predicted standard deviations, and the
         factor t on the predicted spreads that bring the PIT values of the target's scored elements closest
         to uniform (Cramer-von Mises distance; `fit_shift_and_temperature`). They are stored in
-        `config.calibration` (replacing an entry for the same given elements, so save the model to keep
-        them) and applied by `predict` to every row given exactly these elements. A scalar target (the redshift
+        `config.calibration`, in the entry for these given elements (a target fitted again replaces its earlier
+        fit, the entry's other targets stay; save the model to keep them), and applied by `predict` to every row
+        given exactly these elements. A target no row scores (its truth NaN or given) is left as it was. A scalar target (the redshift
         mixture, a mass's Gaussian) also gets a monotone map of its PIT (Kuleshov et al. 2018;
         `fit_pit_knots`), which straightens what a shift and a width cannot (a skew, tails too heavy):
         `predict` applies it to the posterior's pdf, percentiles, samples, mean and std alike, and `cdf` to
@@ -1119,11 +1124,16 @@ class MosaicModel(MosaicPreTrainedModel):
         names = self._check_names(inputs, "inputs")
         batch_size = check_batch_size(batch_size)
         flat = self.config.flatten(inputs)
+        if flat.shape[0] == 0:
+            raise ValueError("inputs: no rows to calibrate on; use a few thousand held-out galaxies")
         given = np.isfinite(flat)
         if not (given == given[:1]).all():
             raise ValueError("inputs: calibrate needs every row to give the same elements (one query type); "
                              "split the rows by their missing values")
         targets = self._check_names(self._check_names(truth, "truth") if targets is None else targets, "targets")
+        if any(n not in truth for n in targets):
+            raise ValueError(f"targets: {[n for n in targets if n not in truth]} have no column in truth "
+                             f"({list(truth)})")
         flat_truth = self.config.flatten({n: truth[n] for n in targets}, argument="truth")
         if flat_truth.shape[0] != flat.shape[0]:
             raise ValueError(f"truth: {flat_truth.shape[0]} rows, but the inputs have {flat.shape[0]}")
@@ -1152,18 +1162,26 @@ class MosaicModel(MosaicPreTrainedModel):
                 pooled[name].append(tuple(a[is_scored] for a in (weights, centres, sigmas, spread, y)))
         fitted = {}
         for name in targets:
-            if not scored[name].any():
+            rows_scored = int(scored[name].any(axis=1).sum())
+            if rows_scored < CALIBRATION_ROWS:
+                logger.warning(f"calibrate: {rows_scored} rows score {name}; below {CALIBRATION_ROWS} the fit is "
+                               "mostly their sampling noise")
+            if not rows_scored:
                 continue
             parts = [np.concatenate(p) for p in zip(*pooled[name])]
             t, d = fit_shift_and_temperature(*(p[::stride[name]] for p in parts))
             fitted[name] = {"temperature": t, "shift": d}
             if MODALITIES[name].is_scalar:  # on every row: the knots' sampling noise stays in every later PIT
                 fitted[name]["pit_knots"] = fit_pit_knots(*parts, t, d).tolist()
-        entry = {"given": self._given_ranges(given[0]),
-                 "temperature": {n: f["temperature"] for n, f in fitted.items()},
-                 "shift": {n: f["shift"] for n, f in fitted.items()}}
-        knots = {n: f["pit_knots"] for n, f in fitted.items() if "pit_knots" in f}
-        entry = self.config._checked_calibration({**entry, "pit_knots": knots})
+        if not fitted:
+            return fitted
+        given_ranges = self._given_ranges(given[0])
+        earlier = next((e for e in self.config.calibration if e["given"] == given_ranges), {})
+        entry = {"given": given_ranges}
+        for key in ("temperature", "shift", "pit_knots"):  # the earlier fits of targets not fitted now stay
+            kept = {n: v for n, v in earlier.get(key, {}).items() if n not in fitted}
+            entry[key] = {**kept, **{n: f[key] for n, f in fitted.items() if key in f}}
+        entry = self.config._checked_calibration(entry)
         self.config.calibration = [e for e in self.config.calibration if e["given"] != entry["given"]] + [entry]
         return fitted
 

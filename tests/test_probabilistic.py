@@ -1005,3 +1005,35 @@ def test_return_pdf_false_leaves_out_only_the_pdf(gaussian_model, tmp_path):
                                  "--output", str(out), "--uncertainty", *extra]) == 0
         tables.append(pq.read_table(out))
     assert tables[0].equals(tables[1])
+
+
+def test_calibrating_one_target_keeps_the_others_and_bad_calls_change_nothing(gaussian_model, caplog):
+    """Calibrating redshift, then stellar mass, on the same inputs keeps both fits; a truth no row scores (NaN, or
+    given as an input) leaves the calibration as it was; zero rows, and a target without a truth column, are
+    named errors; fewer rows than CALIBRATION_ROWS fit but warn."""
+    import copy
+
+    from modeling_mosaic.modeling_mosaic import CALIBRATION_ROWS
+
+    model = copy.deepcopy(gaussian_model)
+    model.config.calibration = []
+    columns = random_columns(np.random.default_rng(21), 300)
+    inputs = {"lsst": columns["lsst"]}
+    redshift = model.calibrate(inputs, {"redshift": columns["redshift"]})["redshift"]
+    mass = model.calibrate(inputs, {"log_stellar_mass": columns["log_stellar_mass"]})["log_stellar_mass"]
+    (entry,) = model.config.calibration
+    assert entry["temperature"] == {"redshift": redshift["temperature"], "log_stellar_mass": mass["temperature"]}
+    assert entry["pit_knots"] == {"redshift": redshift["pit_knots"], "log_stellar_mass": mass["pit_knots"]}
+    before = copy.deepcopy(model.config.calibration)
+    assert model.calibrate(inputs, {"redshift": np.full(300, np.nan)}) == {}
+    assert model.calibrate({"lsst": columns["lsst"], "redshift": columns["redshift"]},
+                           {"redshift": columns["redshift"]}) == {}
+    assert model.config.calibration[0] == before[0]
+    with pytest.raises(ValueError, match="inputs: no rows to calibrate on"):
+        model.calibrate({"lsst": columns["lsst"][:0]}, {"redshift": columns["redshift"][:0]})
+    with pytest.raises(ValueError, match=r"targets: \['log_stellar_mass'\] have no column in truth"):
+        model.calibrate(inputs, {"redshift": columns["redshift"]}, targets=["log_stellar_mass"])
+    assert model.config.calibration[0] == before[0]
+    with caplog.at_level("WARNING"):
+        model.calibrate(inputs, {"redshift": columns["redshift"]})
+    assert f"300 rows score redshift; below {CALIBRATION_ROWS}" in caplog.text
