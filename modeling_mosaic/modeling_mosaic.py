@@ -1000,16 +1000,19 @@ class MosaicModel(MosaicPreTrainedModel):
         targets = self._check_names(values, "values")
         if not targets:
             raise ValueError("values: give the points of at least one scalar target")
+        arrays = self.config.column_arrays(inputs) if names else {}
+        # A target's input column that gives no row (a catalog's empty spec-z column) is no input: NaN = not given.
+        arrays = {n: a for n, a in arrays.items() if n not in targets or np.isfinite(a).any()}
+        names = [n for n in names if n in arrays]
         batch_size = check_batch_size(batch_size)
         points = {n: np.asarray(values[n], dtype=np.float64) for n in targets}
         num_rows = len(points[targets[0]]) if points[targets[0]].ndim else None
         for name, array in points.items():
             if not MODALITIES[name].is_scalar or name in names:
-                raise ValueError(f"values: {name!r} must be a scalar target that is not among the inputs")
+                raise ValueError(f"values: {name!r} must be a scalar target that no row gives among the inputs")
             if array.ndim not in (1, 2) or len(array) != num_rows or not np.isfinite(array).all():
                 raise ValueError(f"values: {name!r} must be finite, (N,) or (N, G) with the same N for every "
                                  f"target; got shape {array.shape}")
-        arrays = self.config.column_arrays(inputs) if names else {}
         input_rows = len(next(iter(arrays.values()))) if arrays else num_rows
         if input_rows != num_rows:
             raise ValueError(f"values: {num_rows} rows, but the inputs have {input_rows}")
@@ -1036,7 +1039,8 @@ class MosaicModel(MosaicPreTrainedModel):
                 pit = gaussian_mixture_cdf(weights, centres, sigmas, y)
                 if name in knots:
                     pit = pit_map(knots[name], pit)
-                out[name].append(pit.reshape(points[name][rows].shape))
+                below = points[name][rows] < modality.minimum  # `predict` clips there: no mass below (z < 0)
+                out[name].append(np.where(below, 0.0, pit.reshape(below.shape)))
         return {n: np.concatenate(parts) for n, parts in out.items()}
 
     # ------------------------------------------------------------------------------------ calibration

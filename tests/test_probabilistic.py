@@ -619,7 +619,7 @@ def test_point_head_refuses_uncertainty_and_bad_arguments_are_named(gaussian_mod
     with pytest.raises(ValueError, match="cdf needs a probabilistic head"):
         point.cdf({"lsst": lsst}, {"redshift": np.ones(2)})
     for values, match in (({"sfh": np.ones((2, 100))}, "'sfh' must be a scalar target"),
-                          ({"lsst": np.ones(2)}, "'lsst' must be a scalar target that is not among the inputs"),
+                          ({"lsst": np.ones(2)}, "'lsst' must be a scalar target that no row gives among the inputs"),
                           ({"redshift": [1.0, np.nan]}, "'redshift' must be finite"),
                           ({"redshift": np.ones(3)}, "3 rows, but the inputs have 2"),
                           ({}, "at least one scalar target")):
@@ -1037,3 +1037,19 @@ def test_calibrating_one_target_keeps_the_others_and_bad_calls_change_nothing(ga
     with caplog.at_level("WARNING"):
         model.calibrate(inputs, {"redshift": columns["redshift"]})
     assert f"300 rows score redshift; below {CALIBRATION_ROWS}" in caplog.text
+
+
+def test_cdf_reads_an_empty_target_column_as_not_given_and_puts_no_mass_below_zero(gaussian_model):
+    """A catalog's all-NaN spec-z column among the inputs is no input (NaN = not given), as in `predict`; a column
+    some row gives is still refused. Redshift predictions are clipped at z = 0: the CDF is 0 below it, and at 0
+    it holds the mass piled there, the fraction of `predict`'s samples that are exactly 0."""
+    lsst = random_columns(np.random.default_rng(22), 4)["lsst"]
+    at = {"redshift": np.tile([-0.3, -1e-9, 0.0, 0.5, 1.0], (4, 1))}
+    plain = gaussian_model.cdf({"lsst": lsst}, at)["redshift"]
+    empty = gaussian_model.cdf({"lsst": lsst, "redshift": np.full(4, np.nan)}, at)["redshift"]
+    np.testing.assert_array_equal(empty, plain)
+    assert np.all(plain[:, :2] == 0.0) and np.all(np.diff(plain, axis=1) >= 0) and np.all(plain <= 1.0)
+    samples = gaussian_model.predict({"lsst": lsst}, targets="redshift", num_samples=4000)["redshift_samples"]
+    np.testing.assert_allclose((samples == 0.0).mean(axis=1), plain[:, 2], atol=0.03)
+    with pytest.raises(ValueError, match="'redshift' must be a scalar target that no row gives among the inputs"):
+        gaussian_model.cdf({"lsst": lsst, "redshift": np.array([np.nan, 1.0, np.nan, np.nan])}, at)
