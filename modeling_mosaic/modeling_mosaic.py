@@ -884,7 +884,8 @@ class MosaicModel(MosaicPreTrainedModel):
             `name_p84` are its percentiles, exact because the transforms are monotonic (p50 is the point
             prediction returned without uncertainty, except for redshift and a PIT-mapped target). For a redshift
             target also `redshift_pdf` (N, G): the posterior density on `redshift_grid`, normalised to
-            integrate to 1 over the grid (trapezoid rule). A posterior several dex wide in a log-learned modality
+            integrate to 1 over the grid (trapezoid rule); a given redshift's is a spike at the nearest grid
+            point, or zeros where it lies beyond the grid. A posterior several dex wide in a log-learned modality
             has physical moments and tails beyond float32's range: they saturate at its largest finite value.
         num_samples (gaussian head only): adds `name_samples`, (N, S) for a scalar or (N, length, S) for a
             vector, draws from the predictive distribution (a pure function of `seed` and the batch split).
@@ -906,6 +907,8 @@ class MosaicModel(MosaicPreTrainedModel):
         batch_size = check_batch_size(batch_size)
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         asked = targets
         if targets is None:
             targets = [n for n in self.config.modalities if n not in arrays or not np.isfinite(arrays[n]).all()]
@@ -1273,10 +1276,13 @@ class MosaicModel(MosaicPreTrainedModel):
             values, is_given = flat[:, s], given[:, s]
             if not is_given.any():  # a pure prediction: nothing to override
                 pass
-            elif statistic == "pdf":
+            elif statistic == "pdf":  # a given value beyond the grid has no mass on it: a row of zeros
                 spike = np.zeros_like(array)
-                spike[np.arange(len(array)), np.abs(grid[None, :] - values).argmin(axis=1)] = 1.0
-                array = np.where(is_given, spike / trapezoid(spike, grid)[:, None], array)
+                on_grid = (values[:, 0] >= grid[0]) & (values[:, 0] <= grid[-1])
+                spike[np.arange(len(array)), np.abs(grid[None, :] - values).argmin(axis=1)] = on_grid
+                mass = trapezoid(spike, grid)[:, None]
+                spike = np.divide(spike, mass, out=np.zeros_like(spike), where=mass > 0)
+                array = np.where(is_given, spike, array)
             elif statistic == "samples":
                 array = np.where(is_given[..., None], values[..., None], array)
             else:

@@ -1053,3 +1053,21 @@ def test_cdf_reads_an_empty_target_column_as_not_given_and_puts_no_mass_below_ze
     np.testing.assert_allclose((samples == 0.0).mean(axis=1), plain[:, 2], atol=0.03)
     with pytest.raises(ValueError, match="'redshift' must be a scalar target that no row gives among the inputs"):
         gaussian_model.cdf({"lsst": lsst, "redshift": np.array([np.nan, 1.0, np.nan, np.nan])}, at)
+
+
+def test_a_given_redshift_beyond_the_grid_has_no_pdf_on_it_and_the_seed_is_checked(gaussian_model):
+    """A given redshift comes back as given; its pdf is a unit spike at the nearest grid point when the grid
+    covers it and zeros when it does not (z = 5 on the default 0-3.5 grid was a spike at 3.5, z = 1e30 one at
+    0). `seed` is an integer in [0, 2**63): None, 1.5 (read as 1) and 2**64 are named errors."""
+    lsst = random_columns(np.random.default_rng(23), 3)["lsst"]
+    z = np.array([0.5, 5.0, 1e30], np.float32)
+    out = gaussian_model.predict({"lsst": lsst, "redshift": z}, targets="redshift", return_uncertainty=True)
+    np.testing.assert_array_equal(out["redshift"], z)
+    pdf = out["redshift_pdf"]
+    assert np.argmax(pdf[0]) == np.argmin(np.abs(GRID - 0.5))
+    np.testing.assert_allclose(np.trapezoid(pdf[0], GRID), 1.0, rtol=1e-6)
+    assert np.all(pdf[1:] == 0.0)
+    for seed in (None, 1.5, 2**64, -1, True):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+            gaussian_model.predict({"lsst": lsst}, targets="redshift", num_samples=2, seed=seed)
+    assert gaussian_model.predict({"lsst": lsst}, targets="redshift", num_samples=2, seed=np.int64(3))
