@@ -290,8 +290,12 @@ class MosaicConfig(PretrainedConfig):
                 with np.errstate(over="ignore"):
                     arrays[name] = np.asarray(value, dtype=np.float32)
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{argument}[{name!r}] is not numeric ({error}); expected real numbers (NaN where "
-                                 "missing)") from None
+                try:  # a column of per-row vectors (pandas' list column read from Parquet)
+                    with np.errstate(over="ignore"):
+                        arrays[name] = np.stack([np.asarray(row, dtype=np.float32) for row in value])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{argument}[{name!r}] is not numeric ({error}); expected real numbers (NaN "
+                                     "where missing)") from None
             if np.isinf(arrays[name]).any():  # a finite value past float32's range is a huge value, not a missing one
                 wide = np.asarray(value, dtype=np.float64)
                 largest = np.finfo(np.float32).max

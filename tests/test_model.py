@@ -654,3 +654,21 @@ def test_an_infinite_error_is_the_largest_error_and_a_negative_one_is_refused():
     assert not np.array_equal(redshift(np.inf), redshift(np.nan))
     with pytest.raises(ValueError, match=r"errors\['lsst'\] is negative in row 0"):
         redshift(-0.1)
+
+
+def test_a_column_of_per_row_vectors_reads_like_a_2d_array(model):
+    """pandas reads a Parquet list column as an object column of arrays: `predict` takes it (and the DataFrame
+    itself) as it takes the (N, 6) array."""
+    import pandas as pd
+
+    lsst = np.random.default_rng(3).normal(25.0, 1.0, (5, 6))
+    rows = np.empty(5, dtype=object)
+    rows[:] = list(lsst)
+    frame = pd.DataFrame({"lsst": list(lsst)})
+    expected = model.predict({"lsst": lsst}, targets="redshift")["redshift"]
+    for inputs in ({"lsst": rows}, frame):
+        np.testing.assert_array_equal(model.predict(inputs, targets="redshift")["redshift"], expected)
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [np.ones(6), np.ones(5)]
+    with pytest.raises(ValueError, match=r"inputs\['lsst'\] is not numeric"):
+        model.predict({"lsst": ragged}, targets="redshift")
