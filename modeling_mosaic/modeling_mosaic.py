@@ -1294,8 +1294,9 @@ class MosaicModel(MosaicPreTrainedModel):
 
     @torch.inference_mode()
     def embed(self, inputs: dict, batch_size: int = 4096, errors: dict | None = None) -> dict:
-        """Latent vectors for plots and probes: for each given modality the mean final state of its tokens, and
-        "all", the mean over every visible token (zeros for a galaxy with nothing visible). The encoder sees
+        """Latent vectors for plots and probes: for each given modality the mean final state of its tokens (those
+        a row leaves NaN too: a row that gives none of it gets the states of a query for it), and "all", the mean
+        over every visible token (zeros for a galaxy with nothing visible). The encoder sees
         only the given modalities' tokens; `errors` as in `predict`. Returns name -> float32 (N, hidden_size)."""
         names = self._check_names(inputs, "inputs")
         batch_size = check_batch_size(batch_size)
