@@ -26,7 +26,7 @@ $(OLAH):
 
 # The main job: build the demo catalog (data/demo), train the demo model, evaluate it into results/demo.
 demo: install
-	$(PY) train_mosaic.py --config configs/demo.yaml
+	$(PY) train_mosaic.py --config configs/demo.yaml --overwrite_output_dir true
 	$(PY) -m modeling_mosaic.evaluation.cli --model results/demo/model --data data/demo --out results/demo
 
 test: install $(OLAH)

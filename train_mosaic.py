@@ -65,6 +65,8 @@ class DataArguments:
     calibration_catalog_seed: int | None = field(default=None, metadata={
         "help": "build calibration_data from the catalog preset with this seed when absent (an independent draw)"})
     calibration_rows: int | None = field(default=None, metadata={"help": "rows of calibration_data (default all)"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into an --output_dir that already holds files (its checkpoints are rotated away)"})
 
 
 def parse_args(argv: list[str] | None = None):

@@ -303,6 +303,67 @@ def json_argument(text: str | None, argument: str) -> dict:
     return value
 
 
+def check_output_dir(training_args, overwrite: bool) -> None:
+    """--output_dir receives checkpoints (rotated: `save_total_limit` deletes the oldest checkpoint-* folders), the
+    model and its card (README.md). A folder that already holds files is refused, so that an earlier run's
+    checkpoints are not deleted nor its model mixed with this one's, unless the run resumes from a checkpoint in
+    it or `--overwrite_output_dir true` says so; a folder holding a catalog always."""
+    output = Path(training_args.output_dir)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output_dir {output} is a file; name a folder")
+    if (output / "catalog.json").exists():
+        raise ValueError(f"--output_dir {output} holds a catalog: the model and its card would be written over it; "
+                         "choose another --output_dir")
+    resume = training_args.resume_from_checkpoint
+    resuming_here = resume is not None and (resume.lower() == "true" or
+                                            Path(resume).resolve().parent == output.resolve())
+    held = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    if held and not (overwrite or resuming_here):
+        raise ValueError(f"--output_dir {output} already holds {', '.join(held[:4])}{', ...' if len(held) > 4 else ''}: "
+                         "a run would rotate its checkpoints away and write its model and README.md over them; "
+                         f"choose an empty or new folder, resume with --resume_from_checkpoint {output}/checkpoint-N, "
+                         "or pass --overwrite_output_dir true")
+
+
+def check_precision(training_args) -> None:
+    """--fp16 needs a GPU: on a CPU accelerate trains in float32 while the card would say fp16. --bf16 on a CPU
+    without native bf16 products trains correctly but ~3x slower: a warning."""
+    if training_args.use_cpu or not torch.cuda.is_available():
+        if training_args.fp16:
+            raise ValueError("--fp16: float16 mixed precision needs a GPU; on a CPU it would silently train in "
+                             "float32. Use --bf16 on a CPU with bf16 units, or neither")
+        if training_args.bf16 and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+            logger.warning("--bf16 on a CPU without native bf16 products (capability %s): bf16 matmuls run far "
+                           "slower than float32 here", torch.backends.cpu.get_cpu_capability())
+
+
+def resume_checkpoint(training_args) -> str:
+    """--resume_from_checkpoint checked before any data work: `true` is the last checkpoint-N in --output_dir; a
+    folder must be a whole Trainer checkpoint (safetensors weights, trainer_state.json, optimizer, scheduler and
+    RNG state: a run killed while saving leaves some out) holding no pickled weights."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = training_args.resume_from_checkpoint
+    if path.lower() == "true":
+        last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint true: no checkpoint-N folder in {training_args.output_dir}")
+        path = last
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"--resume_from_checkpoint {path}: no such folder")
+    if any(folder.glob("*.bin")):
+        raise ValueError(f"--resume_from_checkpoint {path}: holds pickled weights (*.bin); MOSAIC loads safetensors "
+                         "weights only")
+    missing = [n for n in ("model.safetensors", "config.json", "trainer_state.json", "optimizer.pt", "scheduler.pt")
+               if not (folder / n).exists()]
+    if missing:
+        raise ValueError(f"--resume_from_checkpoint {path}: not a whole Trainer checkpoint (no {', '.join(missing)}); "
+                         "resume from a checkpoint-N folder a run saved, or start from a model's weights with "
+                         "--model_name_or_path")
+    return str(folder)
+
+
 def build_model(model_args, normalization, train_sample):
     """A fresh model sized by the arguments, or the checkpoint `model_name_or_path`; normalisation from the
     catalog's statistics, step spreads from `train_sample` (modality columns of training rows)."""
@@ -310,8 +371,12 @@ def build_model(model_args, normalization, train_sample):
     from .modeling_mosaic import MosaicModel
 
     if model_args.model_name_or_path:
-        model = MosaicModel.from_pretrained(model_args.model_name_or_path, attn_implementation=model_args.attn_implementation)
-        return model
+        folder = Path(model_args.model_name_or_path)
+        if folder.is_dir() and not (folder / "model.safetensors").exists():
+            raise ValueError(f"--model_name_or_path {folder}: no model.safetensors; MOSAIC loads safetensors weights "
+                             "only, never pickles")
+        return MosaicModel.from_pretrained(model_args.model_name_or_path, use_safetensors=True,
+                                           attn_implementation=model_args.attn_implementation)
     queries = figure2_queries(model_args.modalities)
     query_weights = json_argument(model_args.mask_query_weights, "--mask_query_weights")
     if unknown := set(query_weights) - {c.name for c in queries}:
@@ -358,9 +423,10 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         value = getattr(data_args, argument)
         if value is not None and value < 1:
             raise ValueError(f"--{argument} must be a positive integer, got {value}")
-    if (Path(training_args.output_dir) / "catalog.json").exists():
-        raise ValueError(f"--output_dir {training_args.output_dir} holds a catalog: the model and its card would be "
-                         "written over it; choose another --output_dir")
+    check_output_dir(training_args, data_args.overwrite_output_dir)
+    check_precision(training_args)
+    if training_args.resume_from_checkpoint is not None:
+        training_args.resume_from_checkpoint = resume_checkpoint(training_args)
     keep_freed_memory()
     if training_args.push_to_hub and training_args.hub_strategy != "end":
         raise ValueError(f"--hub_strategy {training_args.hub_strategy.value}: pushing during training uploads the "

@@ -487,3 +487,45 @@ def test_columnar_batches_equal_datasets_numpy_rows_and_null_vectors_become_nan(
     np.testing.assert_array_equal(batch["galaxy_id"], [2, 1])
     assert (ColumnarDataset(holes, ["sfh"], max_in_memory_bytes=max_in_memory_bytes).arrays is None) == (
         max_in_memory_bytes == 0)
+
+
+def test_an_output_dir_that_holds_files_and_a_broken_checkpoint_are_refused_before_anything_changes(
+        catalog, trained, tmp_path):
+    """A second run into a finished model's folder would rotate its checkpoints away and mix two runs: refused
+    unless it resumes there or --overwrite_output_dir true. A checkpoint to resume from must be whole and hold
+    safetensors weights; a model to start from likewise. --fp16 on a CPU would train float32 under an fp16 label."""
+    import shutil
+
+    import torch
+
+    out = tmp_path / "model"
+    shutil.copytree(trained, out)
+    whole = sorted(out.glob("checkpoint-*"))[-1]
+    half, pickled = out / "checkpoint-99", tmp_path / "pickled"
+    shutil.copytree(whole, half)
+    (half / "optimizer.pt").unlink()
+    shutil.copytree(whole, pickled)
+    torch.save({}, pickled / "pytorch_model.bin")
+    (tmp_path / "a_file").write_text("a user's file")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    refused = [
+        ((out,), rf"--output_dir {out} already holds .*--overwrite_output_dir true"),
+        ((tmp_path / "a_file",), "is a file; name a folder"),
+        ((out, "--resume_from_checkpoint", str(half)), r"not a whole Trainer checkpoint \(no optimizer.pt\)"),
+        ((tmp_path / "new", "--resume_from_checkpoint", str(pickled)), r"holds pickled weights \(\*.bin\)"),
+        ((tmp_path / "new", "--resume_from_checkpoint", str(tmp_path / "nope")), "nope: no such folder"),
+        ((tmp_path / "new", "--resume_from_checkpoint", "true"), "true: no checkpoint-N folder in"),
+    ]
+    if not torch.cuda.is_available():
+        refused.append(((tmp_path / "new", "--fp16", "true"), "--fp16: float16 mixed precision needs a GPU"))
+    for arguments, message in refused:
+        with pytest.raises(ValueError, match=message):
+            train(catalog, *arguments)
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="pickled: no model.safetensors; MOSAIC loads safetensors weights only"):
+        train(catalog, tmp_path / "new", "--model_name_or_path", str(pickled))
+    (pickled / "model.safetensors").write_bytes(before[pickled / "model.safetensors"])
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    train(catalog, out, "--overwrite_output_dir", "true", "--seed", "1")  # told to: another run into the folder
+    assert (out / "model.safetensors").read_bytes() != before[out / "model.safetensors"]
