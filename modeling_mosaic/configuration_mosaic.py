@@ -32,6 +32,11 @@ DEFAULT_NORMALIZATION = {
 MIN_STD = 1e-2
 
 
+def is_number(value) -> bool:
+    """A real number, as a JSON or YAML value may not be (a string, a null; a bool is not one either)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def true_runs(mask) -> list:
     """A 1-d boolean mask -> [[start, stop], ...], its runs of True (the "given ranges" format)."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(mask, dtype=np.int8), [0]])))
@@ -171,12 +176,20 @@ class MosaicConfig(PretrainedConfig):
             raise ValueError(f"redshift_mixture_components must be >= 1, got {redshift_mixture_components}")
         if not 0.0 <= float(nll_beta) <= 1.0:
             raise ValueError(f"nll_beta must lie in [0, 1], got {nll_beta}")
+        if len(noise_scale) != 2:
+            raise ValueError(f"noise_scale must be two numbers, min and max, got {noise_scale}")
         noise_low, noise_high = (float(f) for f in noise_scale)
         if not 0.0 <= noise_low <= noise_high:
             raise ValueError(f"noise_scale must satisfy 0 <= min <= max, got {noise_scale}")
         low, high = (float(f) for f in mask_segment_fraction)
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"mask_segment_fraction must satisfy 0 < min <= max <= 1, got {mask_segment_fraction}")
+
+        for name, probability in (("hidden_dropout_prob", hidden_dropout_prob), ("attention_dropout", attention_dropout)):
+            if not 0.0 <= float(probability) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {probability}")
+        if not (math.isfinite(float(visible_loss_weight)) and float(visible_loss_weight) >= 0.0):
+            raise ValueError(f"visible_loss_weight must be finite and >= 0, got {visible_loss_weight}")
 
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -199,15 +212,16 @@ class MosaicConfig(PretrainedConfig):
             raise ValueError(f"mask_query_probability must lie in [0, 1] and needs mask_queries, got "
                              f"{mask_query_probability} with {len(self.mask_queries)} queries")
         self.mask_query_probability = float(mask_query_probability)
-        weights = [1.0] * len(self.mask_queries) if mask_query_weights is None else [float(w) for w in mask_query_weights]
-        if len(weights) != len(self.mask_queries) or not all(math.isfinite(w) and w >= 0 for w in weights) or (
+        weights = [1.0] * len(self.mask_queries) if mask_query_weights is None else list(mask_query_weights)
+        if len(weights) != len(self.mask_queries) or not all(
+                is_number(w) and math.isfinite(w) and w >= 0 for w in weights) or (
                 self.mask_queries and sum(weights) <= 0):
             raise ValueError(f"mask_query_weights must hold {len(self.mask_queries)} finite weights >= 0, not all 0, "
                              f"one per mask_queries entry; got {mask_query_weights}")
-        self.mask_query_weights = weights
+        self.mask_query_weights = [float(w) for w in weights]
         loss_weights = dict(loss_weights or {})
         for name, weight in loss_weights.items():
-            if name not in self.modalities or not (math.isfinite(float(weight)) and float(weight) > 0):
+            if name not in self.modalities or not (is_number(weight) and math.isfinite(weight) and weight > 0):
                 raise ValueError(f"loss_weights: {name!r}: {weight} must name one of the modalities {self.modalities} "
                                  f"with a finite positive weight")
         self.loss_weights = {n: float(loss_weights.get(n, 1.0)) for n in self.modalities}

@@ -425,6 +425,13 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
             raise ValueError(f"--{argument} must be a positive integer, got {value}")
     check_output_dir(training_args, data_args.overwrite_output_dir)
     check_precision(training_args)
+    for argument in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, argument) < 1:
+            raise ValueError(f"--{argument} must be a positive integer, got {getattr(training_args, argument)}")
+    if not (math.isfinite(training_args.learning_rate) and training_args.learning_rate > 0):
+        raise ValueError(f"--learning_rate must be a finite positive number, got {training_args.learning_rate}")
+    if training_args.load_best_model_at_end and training_args.metric_for_best_model in ("loss", "eval_loss"):
+        training_args.metric_for_best_model = "masked_loss"  # the Trainer's default names a loss this run never logs
     if training_args.resume_from_checkpoint is not None:
         training_args.resume_from_checkpoint = resume_checkpoint(training_args)
     keep_freed_memory()
@@ -452,6 +459,9 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     check_columns(train, needed, path)
     calibration = calibration_split(calibration_path, data_args.calibration_rows, needed) if calibration_path else None
     n_val = min(data_args.validation_size, len(train) // 5)
+    if n_val < 1:
+        raise ValueError(f"catalog {path}: its train split has {len(train)} rows; a run holds a fifth of them (at "
+                         "least one) out for validation, so it needs at least 5")
     n_train = len(train) - n_val
     if data_args.max_train_samples is not None:
         n_train = min(n_train, data_args.max_train_samples)

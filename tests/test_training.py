@@ -241,6 +241,14 @@ def test_query_and_loss_weights_reach_the_saved_config(catalog, tmp_path):
     (["--validation_size", "0"], "--validation_size must be a positive integer, got 0"),
     (["--max_train_samples", "0"], "--max_train_samples must be a positive integer, got 0"),
     (["--hidden_size", "-4"], "hidden_size must be >= 1, got -4"),
+    (["--noise_scale", "1.5"], r"noise_scale must be two numbers, min and max, got \[1.5\]"),
+    (["--loss_weights", '{"redshift": "x"}'], "loss_weights: 'redshift': x must name one of the modalities"),
+    (["--loss_weights", '{"redshift": null}'], "loss_weights: 'redshift': None must name"),
+    (["--mask_query_weights", '{"lsst": "a"}'], "mask_query_weights must hold 5 finite weights"),
+    (["--hidden_dropout_prob", "1.5"], r"hidden_dropout_prob must lie in \[0, 1\), got 1.5"),
+    (["--visible_loss_weight", "-1"], "visible_loss_weight must be finite and >= 0, got -1"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a positive integer, got 0"),
+    (["--learning_rate", "-1"], "--learning_rate must be a finite positive number, got -1"),
 ])
 def test_bad_weights_and_sizes_fail_before_anything_is_written(catalog, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
@@ -529,3 +537,21 @@ def test_an_output_dir_that_holds_files_and_a_broken_checkpoint_are_refused_befo
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
     train(catalog, out, "--overwrite_output_dir", "true", "--seed", "1")  # told to: another run into the folder
     assert (out / "model.safetensors").read_bytes() != before[out / "model.safetensors"]
+
+
+def test_a_catalog_too_small_to_hold_out_a_validation_row_is_named(tmp_path):
+    from test_catalog_packaging import synthetic_source
+
+    from modeling_mosaic.catalog.writer import Layout, write_catalog
+
+    provenance = {"origin": "generated", "config": "synthetic", "options": {"n": 5, "seed": 0}}
+    write_catalog(tmp_path / "four", synthetic_source, Layout(n_train=4, n_test=1, rows_per_file=5), provenance)
+    with pytest.raises(ValueError, match="four: its train split has 4 rows; .* needs at least 5"):
+        train(str(tmp_path / "four"), tmp_path / "model")
+
+
+def test_load_best_model_at_end_keeps_the_best_masked_loss(catalog, tmp_path):
+    """The Trainer's default metric (eval_loss) is a key this run never logs (its losses are per eval set)."""
+    train(catalog, tmp_path / "model", "--load_best_model_at_end", "true")
+    state = json.loads((tmp_path / "model" / "trainer_state.json").read_text())
+    assert state["best_metric"] == min(e["eval_masked_loss"] for e in state["log_history"] if "eval_masked_loss" in e)
