@@ -74,14 +74,21 @@ def parse_args(argv: list[str] | None = None):
     from modeling_mosaic.training import config_file_to_argv
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [part for word in argv for part in (word.split("=", 1) if word.startswith("--config=") else [word])]
     file_argv = []
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments),
+                              description="Train MOSAIC. --config FILE (YAML or JSON) gives arguments as name: value "
+                                          "pairs; any --name value on the command line overrides the file.")
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise SystemExit("--config needs a file name")
         file_argv = config_file_to_argv(argv[i + 1])
+        unknown = [w for w in file_argv if w.startswith("--") and w not in parser._option_string_actions]
+        if unknown:
+            raise SystemExit(f"config file {argv[i + 1]}: unknown argument(s) {', '.join(w[2:] for w in unknown)}; "
+                             "`python train_mosaic.py --help` lists them")
         del argv[i : i + 2]
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     # Push the finished model once (the Trainer's default pushes at every save, with its pickles).
     parser.set_defaults(hub_strategy="end")
     return parser.parse_args_into_dataclasses(args=file_argv + argv, look_for_args_file=False)

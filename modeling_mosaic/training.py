@@ -47,8 +47,10 @@ def config_file_to_argv(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise SystemExit(f"config file {path} does not exist")
-    with open(p) as f:
-        data = yaml.safe_load(f) if p.suffix in (".yaml", ".yml") else json.load(f)
+    try:  # YAML, or JSON (which YAML reads too), whatever the suffix
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise SystemExit(f"config file {path}: not valid YAML or JSON: {error}") from None
     if not isinstance(data, dict):
         raise SystemExit(f"config file {path}: expected a mapping of argument names to values")
     argv = []

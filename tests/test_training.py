@@ -408,6 +408,20 @@ def test_every_shipped_config_parses(config):
     assert training_args.num_train_epochs > 0 and model_args.hidden_size > 0
 
 
+def test_config_file_mistakes_name_the_file_and_any_suffix_or_spelling_of_config_works(tmp_path):
+    import train_mosaic
+
+    (tmp_path / "misspelt.yaml").write_text("catalog: tiny\nhiden_size: 32\n")
+    (tmp_path / "broken.yaml").write_text("catalog: [tiny\n")
+    (tmp_path / "recipe.cfg").write_text(json.dumps({"catalog": "tiny", "hidden_size": 48}))
+    for name, message in (("misspelt.yaml", "misspelt.yaml: unknown argument.s. hiden_size"),
+                          ("broken.yaml", "broken.yaml: not valid YAML or JSON")):
+        with pytest.raises(SystemExit, match=message):
+            train_mosaic.parse_args(["--config", str(tmp_path / name)])
+    model_args, data_args, _ = train_mosaic.parse_args([f"--config={tmp_path / 'recipe.cfg'}"])
+    assert (model_args.hidden_size, data_args.catalog) == (48, "tiny")
+
+
 def test_a_model_without_spherex_evaluates_only_the_tasks_it_can_run(catalog, tmp_path):
     out = tmp_path / "no_spherex"
     train(catalog, out, "--modalities", "redshift", "log_stellar_mass", "lsst", "--max_steps", "4",
