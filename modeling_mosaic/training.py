@@ -274,6 +274,13 @@ def calibration_split(path: str, rows: int | None, columns):
     return data.select(range(len(data) - rows, len(data)))
 
 
+def numpy_columns(dataset, columns, source: str) -> dict:
+    """A split's `columns` as numpy arrays through Arrow (`arrow_to_numpy`): a null vector row (a catalog written
+    by other tools, or a column its shards lack) becomes NaN, missing, where datasets' numpy formatting fails."""
+    table = dataset.with_format("arrow", columns=list(columns))[:]
+    return {name: arrow_to_numpy(table.column(name), name, source) for name in columns}
+
+
 def check_columns(dataset, columns, where: str) -> None:
     """Fail before training if the catalog lacks a column the model needs."""
     missing = [c for c in (*columns, "galaxy_id") if c not in dataset.column_names]
@@ -470,7 +477,7 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     sample = train.select(range(min(n_train, STEP_STATISTICS_ROWS)))
     set_seed(training_args.seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(model_args, read_normalization(path),
-                        sample.with_format("numpy", columns=list(model_args.modalities))[:])
+                        numpy_columns(sample, model_args.modalities, path))
     config = model.config
     columns = [*config.modalities, "galaxy_id", *noise_columns(config)]
     val = train.select(range(len(train) - n_val, len(train)))
@@ -514,7 +521,7 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
         from .evaluation.conditions import calibrate_for_conditions
 
         unseen = val if calibration is None else calibration
-        held_out = unseen.with_format("numpy", columns=calibration_columns)[:]
+        held_out = numpy_columns(unseen, calibration_columns, calibration_path or path)
         if redraw:
             held_out = redraw_photometry(held_out, config.modalities, config.noise_scale, training_args.seed,
                                          CALIBRATION_NOISE_STREAM)

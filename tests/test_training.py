@@ -569,3 +569,26 @@ def test_load_best_model_at_end_keeps_the_best_masked_loss(catalog, tmp_path):
     train(catalog, tmp_path / "model", "--load_best_model_at_end", "true")
     state = json.loads((tmp_path / "model" / "trainer_state.json").read_text())
     assert state["best_metric"] == min(e["eval_masked_loss"] for e in state["log_history"] if "eval_masked_loss" in e)
+
+
+def test_a_catalog_with_null_vector_rows_or_a_column_its_shards_lack_trains(catalog, tmp_path):
+    """Null rows (a catalog written by other tools) and a modality absent from the Parquet shards are missing
+    values, like NaN: the run trains and calibrates on the rest with finite losses."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "nulls"
+    shutil.copytree(catalog, copy)
+    for shard in sorted((copy / "data").glob("*.parquet")):
+        table = pq.read_table(shard)
+        sed = table.column("sed").combine_chunks()
+        nulls = pa.array(np.arange(len(table)) % 3 == 0)
+        table = table.set_column(table.schema.get_field_index("sed"), "sed",
+                                 pa.compute.if_else(nulls, pa.scalar(None, sed.type), sed))
+        pq.write_table(table.drop_columns(["spherex"]), shard)
+    train(str(copy), tmp_path / "model", "--head_type", "gaussian")
+    state = json.loads((tmp_path / "model" / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert losses and np.isfinite(losses).all()
