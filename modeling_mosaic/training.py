@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -231,11 +231,35 @@ def prepare_catalog(data_args) -> str:
     get_preset(data_args.catalog)  # an unknown preset fails here, before any work
     path = data_args.data_path or os.path.join("data", data_args.catalog)
     if Path(path).exists():
+        check_preset_catalog(path, data_args)
         return path
     logger.info("building the %s catalog into %s", data_args.catalog, path)
     build_catalog(path, data_args.catalog, seed=data_args.catalog_seed, sfh_convention=data_args.sfh_convention,
                   noise=data_args.noise, progress=True)
     return path
+
+
+def check_preset_catalog(path: str, data_args) -> None:
+    """A preset's catalog is built only when absent: a folder already there must be that preset drawn with the
+    options asked for, or a run would train on other galaxies than its arguments (and card) say."""
+    info = Path(path, "catalog.json")
+    if not info.is_file():
+        return  # load_catalog names an unfinished folder
+    provenance = json.loads(info.read_text()).get("provenance", {})
+    if provenance.get("origin") != "generated" or provenance.get("config") != data_args.catalog:
+        what = (f"the {provenance.get('config')!r} preset" if provenance.get("origin") == "generated"
+                else "an imported catalog")
+        raise ValueError(f"--data_path {path} holds {what}, not the {data_args.catalog!r} preset that --catalog "
+                         "names: pass --catalog none to train on it as it is, or another --data_path to build there")
+    options = provenance.get("options", {})
+    asked = {"seed": "catalog_seed", "sfh_convention": "sfh_convention", "noise": "noise"}
+    defaults = {f.name: f.default for f in fields(data_args)}
+    for option, argument in asked.items():  # an option left at its default takes the catalog as it was drawn
+        value = getattr(data_args, argument)
+        if value != defaults.get(argument) and option in options and options[option] != value:
+            raise ValueError(f"--data_path {path} holds the {data_args.catalog!r} preset built with {option}="
+                             f"{options[option]}, but --{argument} {value} asks for another draw: build it elsewhere "
+                             "(--data_path) or drop the option")
 
 
 def prepare_calibration_catalog(data_args, training_path: str) -> str | None:
@@ -428,6 +452,8 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     from .noise import CALIBRATION_NOISE_STREAM, depth_columns, error_columns, noise_columns, redraw_photometry
 
     MosaicConfig(modalities=model_args.modalities)  # an unknown modality fails here, before any data work
+    if data_args.catalog is not None and data_args.catalog.strip().lower() in ("", "none", "null"):
+        data_args.catalog = None  # --catalog none: a config's preset unset from the command line
     for argument in ("validation_size", "max_train_samples"):
         value = getattr(data_args, argument)
         if value is not None and value < 1:

@@ -561,7 +561,7 @@ def test_a_catalog_too_small_to_hold_out_a_validation_row_is_named(tmp_path):
     provenance = {"origin": "generated", "config": "synthetic", "options": {"n": 5, "seed": 0}}
     write_catalog(tmp_path / "four", synthetic_source, Layout(n_train=4, n_test=1, rows_per_file=5), provenance)
     with pytest.raises(ValueError, match="four: its train split has 4 rows; .* needs at least 5"):
-        train(str(tmp_path / "four"), tmp_path / "model")
+        train(str(tmp_path / "four"), tmp_path / "model", "--catalog", "none")
 
 
 def test_load_best_model_at_end_keeps_the_best_masked_loss(catalog, tmp_path):
@@ -592,3 +592,24 @@ def test_a_catalog_with_null_vector_rows_or_a_column_its_shards_lack_trains(cata
     state = json.loads((tmp_path / "model" / "trainer_state.json").read_text())
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert losses and np.isfinite(losses).all()
+
+
+def test_a_folder_that_is_not_the_preset_asked_for_is_refused_and_catalog_none_unsets_it(catalog, tmp_path):
+    """With a preset (tiny.yaml's `catalog: tiny`) an existing --data_path must be that preset drawn with the
+    options asked for: another seed, noise or an imported catalog would be trained on silently."""
+    import shutil
+
+    copy = tmp_path / "imported"
+    shutil.copytree(catalog, copy)
+    info = json.loads((copy / "catalog.json").read_text())
+    info["provenance"] = {"origin": "imported", "inputs": []}
+    (copy / "catalog.json").write_text(json.dumps(info))
+    for data, extra, message in (
+            (catalog, ["--catalog_seed", "5"], "built with seed=0, but --catalog_seed 5 asks for another draw"),
+            (catalog, ["--noise", "realistic"], "built with noise=none, but --noise realistic"),
+            (str(copy), [], "holds an imported catalog, not the 'tiny' preset that --catalog names")):
+        with pytest.raises(ValueError, match=message):
+            train(data, tmp_path / "model", *extra)
+    assert not (tmp_path / "model").exists()
+    train(str(copy), tmp_path / "model", "--catalog", "none", "--max_steps", "2", "--save_strategy", "no")
+    assert "Imported from" in (tmp_path / "model" / "README.md").read_text()
