@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import fields, replace
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -397,6 +397,41 @@ def resume_checkpoint(training_args) -> str:
     return str(folder)
 
 
+#: The config entries that shape a model's weights: a checkpoint resumes only into a model that has them all.
+ARCHITECTURE_KEYS = ("modalities", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "head_type", "redshift_mixture_components", "error_inputs")
+#: Model arguments that a checkpoint's config holds under the same name (JSON ones compared after parsing).
+CHECKPOINT_SETTINGS = (*ARCHITECTURE_KEYS, "hidden_dropout_prob", "attention_dropout", "visible_loss_weight",
+                       "mask_visible_decay", "mask_query_probability", "nll_beta", "noise_on_the_fly", "noise_scale")
+
+
+def check_model_arguments_match(model_args) -> None:
+    """--model_name_or_path starts from a checkpoint's weights with its config: a model argument given (not left
+    at its default) that the checkpoint has otherwise would be silently ignored, so it is an error."""
+    from .configuration_mosaic import MosaicConfig
+
+    try:
+        config = MosaicConfig.from_pretrained(model_args.model_name_or_path)
+    except OSError as error:  # no such folder here, and no such (reachable) Hub repo
+        raise ValueError(f"--model_name_or_path {model_args.model_name_or_path}: {error}") from None
+    defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(model_args)}
+    differ = [f"--{name} {getattr(model_args, name)} (the checkpoint's: {getattr(config, name)})"
+              for name in CHECKPOINT_SETTINGS if getattr(model_args, name) != defaults[name]
+              and _as_config_value(getattr(model_args, name)) != _as_config_value(getattr(config, name))]
+    weights = json_argument(model_args.loss_weights, "--loss_weights")
+    differ += [f"--loss_weights {name}: {w} (the checkpoint's: {config.loss_weights.get(name)})"
+               for name, w in weights.items() if config.loss_weights.get(name) != float(w)]
+    if model_args.mask_query_weights is not None:
+        differ.append("--mask_query_weights (the checkpoint keeps its own)")
+    if differ:
+        raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} keeps its config, but "
+                         f"{'; '.join(differ)}: drop them, or train a new model")
+
+
+def _as_config_value(value):
+    return [float(v) if not isinstance(v, str) else v for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def build_model(model_args, normalization, train_sample):
     """A fresh model sized by the arguments, or the checkpoint `model_name_or_path`; normalisation from the
     catalog's statistics, step spreads from `train_sample` (modality columns of training rows)."""
@@ -408,6 +443,7 @@ def build_model(model_args, normalization, train_sample):
         if folder.is_dir() and not (folder / "model.safetensors").exists():
             raise ValueError(f"--model_name_or_path {folder}: no model.safetensors; MOSAIC loads safetensors weights "
                              "only, never pickles")
+        check_model_arguments_match(model_args)
         return MosaicModel.from_pretrained(model_args.model_name_or_path, use_safetensors=True,
                                            attn_implementation=model_args.attn_implementation)
     queries = figure2_queries(model_args.modalities)
@@ -505,6 +541,13 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     model = build_model(model_args, read_normalization(path),
                         numpy_columns(sample, model_args.modalities, path))
     config = model.config
+    if training_args.resume_from_checkpoint is not None:
+        checkpoint = json.loads(Path(training_args.resume_from_checkpoint, "config.json").read_text())
+        for name in ARCHITECTURE_KEYS:
+            if checkpoint.get(name) != getattr(config, name):
+                raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: its model has "
+                                 f"{name}={checkpoint.get(name)}, this run's {getattr(config, name)}; resume with the "
+                                 "arguments it was trained with")
     columns = [*config.modalities, "galaxy_id", *noise_columns(config)]
     val = train.select(range(len(train) - n_val, len(train)))
     train_set = ColumnarDataset(train.select(range(n_train)), columns)

@@ -613,3 +613,21 @@ def test_a_folder_that_is_not_the_preset_asked_for_is_refused_and_catalog_none_u
     assert not (tmp_path / "model").exists()
     train(str(copy), tmp_path / "model", "--catalog", "none", "--max_steps", "2", "--save_strategy", "no")
     assert "Imported from" in (tmp_path / "model" / "README.md").read_text()
+
+
+def test_a_checkpoint_is_not_silently_given_other_model_arguments(catalog, trained, tmp_path):
+    """--model_name_or_path keeps the checkpoint's config: an argument given otherwise (not left at its default)
+    would be ignored, so it is named; --resume_from_checkpoint needs the architecture it saved (a torch size
+    mismatch traceback otherwise). Arguments equal to the checkpoint's (tiny.yaml's own) pass."""
+    checkpoint = sorted(trained.glob("checkpoint-*"))[-1]
+    for extra, message in (
+            (["--model_name_or_path", str(trained), "--hidden_size", "64"], "--hidden_size 64 .the checkpoint's: 32."),
+            (["--model_name_or_path", str(trained), "--loss_weights", '{"redshift": 5}'],
+             "--loss_weights redshift: 5 .the checkpoint's: 1.0."),
+            (["--model_name_or_path", str(tmp_path / "nope")], "--model_name_or_path .*nope"),
+            (["--resume_from_checkpoint", str(checkpoint), "--hidden_size", "64"],
+             "its model has hidden_size=32, this run's 64")):
+        with pytest.raises(ValueError, match=message):
+            train(catalog, tmp_path / "model", *extra)
+    train(catalog, tmp_path / "model", "--model_name_or_path", str(trained), "--max_steps", "2", "--save_strategy",
+          "no")
