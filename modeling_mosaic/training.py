@@ -517,7 +517,12 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     with PartialState().main_process_first():
         path = prepare_catalog(data_args)
         train = load_catalog(path, split="train")
-        calibration_path = prepare_calibration_catalog(data_args, path)
+        calibration_path = None
+        if model_args.head_type == "gaussian" or model_args.model_name_or_path:  # a checkpoint's head is its own
+            calibration_path = prepare_calibration_catalog(data_args, path)
+        elif data_args.calibration_data is not None:
+            logger.warning("--calibration_data %s is not used: a point head (--head_type point) has no predictive "
+                           "distribution to calibrate", data_args.calibration_data)
     # Calibrating a model with error inputs at the end gives it the errors of the held-out photometry. A model that
     # drew its noise on the fly over a range of depths is calibrated over that range: the held-out photometry is
     # observed afresh there from its noise-free fluxes (at the catalog's one depth the shallow end was overconfident).
@@ -530,6 +535,9 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
     check_columns(train, needed, path)
     calibration = calibration_split(calibration_path, data_args.calibration_rows, needed) if calibration_path else None
     n_val = min(data_args.validation_size, len(train) // 5)
+    if n_val < data_args.validation_size:
+        logger.warning("--validation_size %d: %s holds %d train rows, so %d (a fifth) are held out",
+                       data_args.validation_size, path, len(train), n_val)
     if n_val < 1:
         raise ValueError(f"catalog {path}: its train split has {len(train)} rows; a run holds a fifth of them (at "
                          "least one) out for validation, so it needs at least 5")

@@ -631,3 +631,11 @@ def test_a_checkpoint_is_not_silently_given_other_model_arguments(catalog, train
             train(catalog, tmp_path / "model", *extra)
     train(catalog, tmp_path / "model", "--model_name_or_path", str(trained), "--max_steps", "2", "--save_strategy",
           "no")
+
+
+def test_a_point_head_builds_no_calibration_catalog_and_says_so(catalog, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        train(catalog, tmp_path / "model", "--catalog", "tiny", "--calibration_data", str(tmp_path / "calibration"),
+              "--calibration_catalog_seed", "1", "--max_steps", "2", "--save_strategy", "no")
+    assert not (tmp_path / "calibration").exists()
+    assert f"--calibration_data {tmp_path / 'calibration'} is not used: a point head" in caplog.text
