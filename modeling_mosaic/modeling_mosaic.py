@@ -1113,9 +1113,9 @@ class MosaicModel(MosaicPreTrainedModel):
         to uniform (Cramer-von Mises distance; `fit_shift_and_temperature`). They are stored in
         `config.calibration`, in the entry for these given elements (a target fitted again replaces its earlier
         fit, the entry's other targets stay; save the model to keep them), and applied by `predict` to every row
-        given exactly these elements. A target no row scores (its truth NaN or given) is left as it was. A scalar target (the redshift
-        mixture, a mass's Gaussian) also gets a monotone map of its PIT (Kuleshov et al. 2018;
-        `fit_pit_knots`), which straightens what a shift and a width cannot (a skew, tails too heavy):
+        given exactly these elements; a target no row scores (its truth NaN, or given) is left as it was. A
+        scalar target (the redshift mixture, a mass's Gaussian) also gets a monotone map of its PIT (Kuleshov
+        et al. 2018; `fit_pit_knots`), which straightens what a shift and a width cannot (a skew, tails too heavy):
         `predict` applies it to the posterior's pdf, percentiles, samples, mean and std alike, and `cdf` to
         the CDF (not to the point prediction returned without uncertainty, the unmapped mean). Returns
         {target: {"temperature": t, "shift": d} (and "pit_knots" for a scalar)}.
