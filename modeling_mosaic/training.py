@@ -361,7 +361,7 @@ def check_output_dir(training_args, overwrite: bool) -> None:
 def check_precision(training_args) -> None:
     """--fp16 needs a GPU: on a CPU accelerate trains in float32 while the card would say fp16. --bf16 on a CPU
     without native bf16 products trains correctly but ~3x slower: a warning."""
-    if training_args.use_cpu or not torch.cuda.is_available():
+    if training_args.device.type == "cpu":
         if training_args.fp16:
             raise ValueError("--fp16: float16 mixed precision needs a GPU; on a CPU it would silently train in "
                              "float32. Use --bf16 on a CPU with bf16 units, or neither")
@@ -372,8 +372,8 @@ def check_precision(training_args) -> None:
 
 def resume_checkpoint(training_args) -> str:
     """--resume_from_checkpoint checked before any data work: `true` is the last checkpoint-N in --output_dir; a
-    folder must be a whole Trainer checkpoint (safetensors weights, trainer_state.json, optimizer, scheduler and
-    RNG state: a run killed while saving leaves some out) holding no pickled weights."""
+    folder must be a whole Trainer checkpoint (safetensors weights, config, trainer state, optimizer and scheduler:
+    a run killed while saving leaves some out) holding no pickled weights."""
     from transformers.trainer_utils import get_last_checkpoint
 
     path = training_args.resume_from_checkpoint
@@ -429,6 +429,7 @@ def check_model_arguments_match(model_args) -> None:
 
 
 def _as_config_value(value):
+    """An argument's list (noise_scale, modalities) as a config holds it: numbers as floats."""
     return [float(v) if not isinstance(v, str) else v for v in value] if isinstance(value, (list, tuple)) else value
 
 
