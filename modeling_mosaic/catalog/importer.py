@@ -14,8 +14,9 @@ magnitudes missing but fluxes present are computed from the fluxes with the regi
 
 What is required: galaxy_id only. If absent it is the row number over all inputs; if present every value
 must be a finite integer, and all must be unique. Every other value may be NaN (= missing; +-inf too, stored
-as NaN), so a photometric catalog without redshifts imports fine. A modality the catalog lacks becomes an all-NaN column
-(`quenched` unknown is -1), but a catalog with no finite value in any of the seven modalities is an error.
+as NaN), so a photometric catalog without redshifts imports fine. A modality the catalog lacks becomes an
+all-NaN column (`quenched` unknown is -1), but a catalog with no finite value in any of the seven modalities is
+an error.
 Errors name the file and the column.
 
 Rows are split by a seeded random draw (`test_fraction`), not by position: real catalogs are often ordered
