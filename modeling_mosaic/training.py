@@ -84,8 +84,7 @@ class ColumnarDataset(torch.utils.data.Dataset):
         self.task = task
         self.arrays = None
         if dataset.select_columns(columns).data.nbytes <= max_in_memory_bytes:
-            table = self.dataset[:]
-            self.arrays = {n: arrow_to_numpy(table.column(n), n, "catalog") for n in table.column_names}
+            self.arrays = numpy_columns(dataset, columns, "catalog")
 
     def __len__(self):
         return len(self.dataset)
@@ -239,6 +238,11 @@ def prepare_catalog(data_args) -> str:
     return path
 
 
+def argument_defaults(arguments) -> dict:
+    """An argument dataclass's defaults by name: a value that differs from its default was given by the user."""
+    return {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(arguments)}
+
+
 def check_preset_catalog(path: str, data_args) -> None:
     """A preset's catalog is built only when absent: a folder already there must be that preset drawn with the
     options asked for, or a run would train on other galaxies than its arguments (and card) say."""
@@ -253,7 +257,7 @@ def check_preset_catalog(path: str, data_args) -> None:
                          "names: pass --catalog none to train on it as it is, or another --data_path to build there")
     options = provenance.get("options", {})
     asked = {"seed": "catalog_seed", "sfh_convention": "sfh_convention", "noise": "noise"}
-    defaults = {f.name: f.default for f in fields(data_args)}
+    defaults = argument_defaults(data_args)
     for option, argument in asked.items():  # an option left at its default takes the catalog as it was drawn
         value = getattr(data_args, argument)
         if value != defaults.get(argument) and option in options and options[option] != value:
@@ -414,7 +418,7 @@ def check_model_arguments_match(model_args) -> None:
         config = MosaicConfig.from_pretrained(model_args.model_name_or_path)
     except OSError as error:  # no such folder here, and no such (reachable) Hub repo
         raise ValueError(f"--model_name_or_path {model_args.model_name_or_path}: {error}") from None
-    defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory() for f in fields(model_args)}
+    defaults = argument_defaults(model_args)
     differ = [f"--{name} {getattr(model_args, name)} (the checkpoint's: {getattr(config, name)})"
               for name in CHECKPOINT_SETTINGS if getattr(model_args, name) != defaults[name]
               and _as_config_value(getattr(model_args, name)) != _as_config_value(getattr(config, name))]
