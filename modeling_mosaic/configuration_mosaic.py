@@ -286,11 +286,12 @@ class MosaicConfig(PretrainedConfig):
     def num_elements(self) -> int:
         return sum(MODALITIES[n].length for n in self.modalities)
 
-    def column_arrays(self, columns, argument="inputs") -> dict:
+    def column_arrays(self, columns, argument="inputs", values=True) -> dict:
         """This model's modality columns as float32 arrays, checked: at least one, each (N,) or (N, 1) for a scalar
-        and (N, length) for a vector, the same N for all. Other columns (ids, modalities this model does not use)
-        are left out. `argument` names the caller's argument in error messages. A finite value beyond float32's
-        range becomes float32's largest (an SED in erg/s, ~1e40, is a huge value, not a missing one)."""
+        and (N, length) for a vector, the same N for all, and with `values` (not errors) none below its modality's
+        physical minimum. Other columns (ids, modalities this model does not use) are left out. `argument` names
+        the caller's argument in error messages. A finite value beyond float32's range becomes float32's largest
+        (an SED in erg/s, ~1e40, is a huge value, not a missing one)."""
         if not hasattr(columns, "items"):  # a dict, or a table with named columns (a pandas DataFrame)
             raise TypeError(f"{argument}: expected a dict of modality name -> array, got {type(columns).__name__}")
         given = {n: v for n, v in columns.items() if n in self.modalities}
@@ -323,12 +324,18 @@ class MosaicConfig(PretrainedConfig):
             if array.shape != (n_rows, length) and not (length == 1 and array.shape == (n_rows,)):
                 shape = "(N,)" if length == 1 else f"(N, {length})"
                 raise ValueError(f"{argument}[{name!r}] has shape {array.shape}; expected {shape} with length {length}")
+            below = MODALITIES[name].below_minimum(array) if values else np.zeros(0, dtype=bool)
+            if below.any():
+                row = int(np.argwhere(below)[0][0])
+                raise ValueError(f"{argument}[{name!r}] has {int(below.sum())} value(s) below the physical minimum "
+                                 f"{MODALITIES[name].minimum:g} (first in row {row}: {array[below][0]:g}); NaN marks "
+                                 "a missing value")
         return arrays
 
-    def flatten(self, columns, argument="inputs"):
+    def flatten(self, columns, argument="inputs", values=True):
         """Modality columns in physical units -> (N, num_elements) float32, NaN where a modality is absent
-        (`column_arrays` says which columns count and checks their shapes)."""
-        arrays = self.column_arrays(columns, argument)
+        (`column_arrays` says which columns count and checks them)."""
+        arrays = self.column_arrays(columns, argument, values)
         n_rows = len(next(iter(arrays.values())))
         flat = np.full((n_rows, self.num_elements), np.nan, dtype=np.float32)
         for name, array in arrays.items():

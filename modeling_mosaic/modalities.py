@@ -118,6 +118,11 @@ class Modality:
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.scale * np.log10(np.maximum(x + self.offset, 1e-30))
 
+    def below_minimum(self, x) -> np.ndarray:
+        """Which values lie below the physical minimum (a negative redshift, rate or luminosity): no galaxy has
+        one, and where a log-learned value has no logarithm the transform would floor it to an absurd input."""
+        return np.asarray(x) < self.minimum
+
     def from_learning(self, y):
         """Inverse of `to_learning`, clipped to [the physical minimum, PHYSICAL_MAXIMUM]."""
         y = np.asarray(y, dtype=np.float64)

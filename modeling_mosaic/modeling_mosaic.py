@@ -827,7 +827,7 @@ class MosaicModel(MosaicPreTrainedModel):
         unknown = [n for n in errors if n not in names]
         if unknown:
             raise ValueError(f"errors: {unknown} are not among the given inputs {names}")
-        arrays = self.config.column_arrays(errors, argument="errors")
+        arrays = self.config.column_arrays(errors, argument="errors", values=False)
         rows = len(next(iter(arrays.values())))
         if rows != num_rows:
             raise ValueError(f"errors: {rows} rows, but the inputs have {num_rows}")
@@ -841,7 +841,7 @@ class MosaicModel(MosaicPreTrainedModel):
     def _flat_errors(self, errors, names, num_rows) -> np.ndarray | None:
         """The user's `errors` dict -> (N, D) physical errors, NaN where none is given; None without errors."""
         arrays = self._error_arrays(errors, names, num_rows)
-        return None if arrays is None else self.config.flatten(arrays, argument="errors")
+        return None if arrays is None else self.config.flatten(arrays, argument="errors", values=False)
 
     def _prepare(self, flat: np.ndarray, flat_errors: np.ndarray | None, elements: torch.Tensor):
         """Physical (B, E) values and errors over a query's `elements` (NaN or None = unknown) -> the encoder's
@@ -874,7 +874,8 @@ class MosaicModel(MosaicPreTrainedModel):
 
         inputs: name -> (N,) for a scalar or (N, length) for a vector; NaN/inf elements are "not given" (an
             SFH with NaN over 0-10 Gyr asks the model to fill that range in). Empty inputs return the learned
-            prior for one galaxy (N = 1); inputs of zero rows return outputs of zero rows.
+            prior for one galaxy (N = 1); inputs of zero rows return outputs of zero rows. A value below its
+            modality's physical minimum (a negative redshift, SFR or luminosity) is refused.
         targets: a name or names to return; default every modality not fully given. Elements that were given
             are returned as given (with zero spread), so a fully given target comes back unchanged.
         return_uncertainty (gaussian head only): `name` becomes the mean of the predictive distribution in

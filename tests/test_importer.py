@@ -150,6 +150,27 @@ def test_infinite_values_are_stored_as_missing(tmp_path):
     assert np.isfinite(columns["lsst"][np.isfinite(flux)]).all()
 
 
+def test_values_below_the_physical_minimum_name_file_column_and_row(tmp_path):
+    """A negative SFR (or redshift, or luminosity) is refused at import, naming the file, the user's column (an
+    alias: redshift_obs) and the first row, before anything is written; NaN stays missing."""
+    src = tmp_path / "negative.parquet"
+    sfh = np.ones((3, 100))
+    sfh[1, 50] = -0.5
+    pq.write_table(pa.table({"redshift": [0.1, np.nan, 0.3], "sfh": pa.array(list(sfh))}), src)
+    with pytest.raises(ValueError, match=r"negative\.parquet: column 'sfh' has 1 value\(s\) below the physical "
+                                         r"minimum 0 of sfh \(first in row 1: -0.5\)"):
+        read_catalog([src])
+    h5 = tmp_path / "blue.h5"
+    with h5py.File(h5, "w") as f:
+        f["redshift_obs"] = np.array([0.2, -0.001, -0.002, np.nan])
+    with pytest.raises(ValueError, match=r"blue\.h5: column 'redshift_obs' has 2 value\(s\) .* of redshift"):
+        read_catalog([h5])
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="below the physical minimum"):
+        import_catalog([src], out)
+    assert not out.exists()
+
+
 def test_error_wrong_vector_length_names_file_and_column(tmp_path):
     src = tmp_path / "short_sed.parquet"
     table = pa.table({"redshift": np.ones(3), "sed": pa.array([[1.0] * 200] * 3)})

@@ -478,6 +478,28 @@ def test_bad_inputs_raise_clear_errors(model):
         MosaicConfig(num_hidden_layers=0)
 
 
+def test_values_below_a_modality_s_physical_minimum_are_refused_by_name(model):
+    """A negative redshift, rate or luminosity is no galaxy's: refused with the argument, column, count and first
+    row, where it used to be floored to log10(1e-30) and read as an absurd input. Magnitudes of any sign, zero and
+    NaN (missing) stay accepted."""
+    lsst = np.full((3, 6), 25.0)
+    z = np.array([0.5, -0.2, 1.0])
+    sfh = np.ones((3, 100))
+    sfh[2, 5], sfh[2, 7] = -1.0, -2.0
+    message = r"inputs\['redshift'\] has 1 value\(s\) below the physical minimum 0 \(first in row 1: -0.2\)"
+    for query in (lambda x: model.predict(x, targets=["log_stellar_mass"]), model.embed):
+        with pytest.raises(ValueError, match=message):
+            query({"lsst": lsst, "redshift": z})
+        with pytest.raises(ValueError, match=r"inputs\['sfh'\] has 2 value\(s\) .* \(first in row 2: -1\)"):
+            query({"lsst": lsst, "sfh": sfh})
+    with pytest.raises(ValueError, match=r"truth\['redshift'\] has 1 value"):
+        MosaicModel(MosaicConfig(**TINY, head_type="gaussian")).calibrate({"lsst": lsst}, {"redshift": z})
+    with pytest.raises(ValueError, match=r"batch\['redshift'\] has 1 value"):
+        MosaicMaskingCollator(model.config)({"lsst": lsst, "redshift": z, "galaxy_id": np.arange(3)})
+    given = {"lsst": -lsst, "redshift": np.array([0.0, np.nan, 1.0]), "sfh": np.zeros((3, 100))}
+    assert np.isfinite(model.predict(given, targets=["log_stellar_mass"])["log_stellar_mass"]).all()
+
+
 def test_bad_arguments_are_named_before_any_work(model):
     lsst = np.full((3, 6), 25.0)
     with pytest.raises(TypeError, match="inputs: expected modality names"):
@@ -563,7 +585,12 @@ def test_outputs_are_never_nan(model, seed, special, fraction):
     out = model(torch.from_numpy(values), torch.from_numpy(input_mask))
     for key in ("loss", "modality_losses", "predictions", "last_hidden_state", "pooled"):
         assert not torch.isnan(out[key]).any(), key
-    predicted = model.predict(model.config.unflatten(np.where(input_mask, values, np.nan), ["lsst", "sed", "redshift"]))
+    given = model.config.unflatten(np.where(input_mask, values, np.nan), ["lsst", "sed", "redshift"])
+    if any(MODALITIES[n].below_minimum(v).any() for n, v in given.items()):  # a negative SED or redshift
+        with pytest.raises(ValueError, match="below the physical minimum"):
+            model.predict(given)
+        given = {n: np.where(MODALITIES[n].below_minimum(v), np.nan, v) for n, v in given.items()}
+    predicted = model.predict(given)
     assert not any(np.isnan(v).any() for v in predicted.values())
 
 
@@ -636,7 +663,13 @@ def test_a_finite_input_past_float32s_range_is_a_huge_value_not_a_missing_one(mo
     huge, clipped, missing = mass(np.full((1, 256), 1e40)), mass(np.full((1, 256), largest)), mass(
         np.full((1, 256), np.nan))
     assert huge == clipped and huge != missing
-    assert mass(np.full((1, 256), -1e40)) == mass(np.full((1, 256), -largest))
+    with pytest.raises(ValueError, match=r"inputs\['sed'\] has 256 value\(s\) below the physical minimum 0"):
+        mass(np.full((1, 256), -1e40))
+
+    def mass_from_lsst(lsst):
+        return model.predict({"lsst": lsst}, targets=["log_stellar_mass"])["log_stellar_mass"]
+
+    assert mass_from_lsst(np.full((1, 6), -1e40)) == mass_from_lsst(np.full((1, 6), -largest))
 
 
 def test_an_infinite_error_is_the_largest_error_and_a_negative_one_is_refused():

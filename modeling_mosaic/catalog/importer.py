@@ -236,6 +236,13 @@ def _map_file(path: Path, raw: dict[str, np.ndarray], header: dict) -> ImportedF
     for values in cols.values():  # +-inf means missing, as NaN does: the catalog stores one missing value
         if values.dtype.kind == "f":
             values[np.isinf(values)] = np.nan
+    for name in MODALITY_NAMES:
+        below = MODALITIES[name].below_minimum(cols[name])
+        if below.any():
+            row = int(np.argwhere(below)[0][0])
+            raise ValueError(f"{path}: column {sources[name]!r} has {int(below.sum())} value(s) below the physical "
+                             f"minimum {MODALITIES[name].minimum:g} of {name} (first in row {row}: "
+                             f"{cols[name][below][0]:g}); NaN marks a missing value")
     return ImportedFile(path, cols, sources, header)
 
 
