@@ -374,6 +374,14 @@ def check_precision(training_args) -> None:
                            "slower than float32 here", torch.backends.cpu.get_cpu_capability())
 
 
+def reproducible_compile(training_args) -> None:
+    """--torch_compile on a CPU: inductor's generated kernels do not sum in a fixed order (two 40-step demo runs of
+    one seed ended with different weights), so such a run sets --full_determinism, with which they agree."""
+    if training_args.torch_compile and training_args.device.type == "cpu" and not training_args.full_determinism:
+        logger.info("--torch_compile on a CPU: --full_determinism set, so that the seed fixes the weights")
+        training_args.full_determinism = True
+
+
 def resume_checkpoint(training_args) -> str:
     """--resume_from_checkpoint checked before any data work: `true` is the last checkpoint-N in --output_dir; a
     folder must be a whole Trainer checkpoint (safetensors weights, config, trainer state, optimizer and scheduler:
@@ -501,6 +509,7 @@ def run_training(model_args, data_args, training_args, callbacks=None, card_temp
             raise ValueError(f"--{argument} must be a positive integer, got {value}")
     check_output_dir(training_args, data_args.overwrite_output_dir)
     check_precision(training_args)
+    reproducible_compile(training_args)
     for argument in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(training_args, argument) < 1:
             raise ValueError(f"--{argument} must be a positive integer, got {getattr(training_args, argument)}")
