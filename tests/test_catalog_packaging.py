@@ -7,7 +7,10 @@ generator's rows do), and it has NaN, inf and zeros where the real catalog may h
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -283,6 +286,64 @@ def test_generator_based_builder_round_trip(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- CLI
+def test_a_build_never_replaces_a_catalog_that_appeared_while_it_ran(tmp_path, caplog):
+    """Two builds into one --out without overwrite: the first to finish keeps it, the second fails and leaves it
+    whole (it used to swap the first's catalog out and delete it). A build names the staging folders of others."""
+    out = tmp_path / "c"
+
+    def racing_source(start, stop):  # another build finishes OUT while this one writes its rows
+        if not out.exists():
+            write_catalog(out, lambda a, b: synthetic_source(a + 100, b + 100), Layout(20, 5), PROVENANCE)
+        yield from synthetic_source(start, stop)
+
+    with caplog.at_level("WARNING", logger="modeling_mosaic.catalog.writer"):
+        with pytest.raises(FileExistsError, match=r"appeared while this build ran .* it was kept"):
+            write_catalog(out, racing_source, Layout(20, 5), PROVENANCE)
+    assert re.search(r"staging folders of other builds of c .*\.c\.build\.\w+\.tmp", caplog.text)
+    assert load_catalog(out, split="train")[0]["galaxy_id"] == 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_overwrite_through_a_symbolic_link_replaces_the_catalog_it_points_to(tmp_path):
+    target, link = tmp_path / "target", tmp_path / "link"
+    write_catalog(target, synthetic_source, Layout(20, 5), PROVENANCE)
+    link.symlink_to(target)
+    write_catalog(link, lambda a, b: synthetic_source(a + 100, b + 100), Layout(20, 5), PROVENANCE, overwrite=True)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert load_catalog(link, split="train")[0]["galaxy_id"] == 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
+def test_a_catalog_json_that_is_not_ours_is_named(built, tmp_path, capsys):
+    """Other tools write catalog.json too (STAC): info, load_catalog and finalize name the file."""
+    for text, message in (("{}", "not a MOSAIC catalog file (no provenance"), ("[1, 2]", "not a MOSAIC catalog"),
+                          ("{oops", "not valid JSON")):
+        folder = tmp_path / f"f{len(text)}"
+        folder.mkdir()
+        (folder / "catalog.json").write_text(text)
+        assert cli.main(["info", str(folder)]) == 2
+        assert f"{folder / 'catalog.json'}: {message}" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="catalog.json: not"):
+            load_catalog(folder)
+    out = tmp_path / "sharded"
+    write_catalog(out, synthetic_source, LAYOUT, PROVENANCE, shard_index=0, num_shards=2)
+    manifest = next((out / "shards").glob("shard-*.json"))
+    manifest.write_text("{")
+    assert cli.main(["finalize", str(out)]) == 2
+    assert f"{manifest}: not valid JSON" in capsys.readouterr().err
+
+
+def test_a_push_to_an_unreachable_hub_is_one_named_error(built):
+    """A refused connection is no OSError to the Hub client's HTTP library: it was a traceback."""
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-m", "modeling_mosaic.catalog.cli", "push", str(built), "--repo", "a/b"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2, done.stderr
+    assert f"{built} was not pushed to dataset repo a/b at http://127.0.0.1:9: " in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_cli_info_and_errors(built, capsys):
     assert cli.main(["info", str(built)]) == 0
     out = capsys.readouterr().out

@@ -16,7 +16,7 @@ from modeling_mosaic.catalog.features import chunk_to_table
 from modeling_mosaic.catalog.importer import import_catalog, read_catalog
 from modeling_mosaic.catalog.io import load_catalog, read_normalization
 from modeling_mosaic.catalog.schema import COLUMN_NAMES
-from modeling_mosaic.modalities import LSST_BANDS, MODALITIES
+from modeling_mosaic.modalities import AB_ZERO_POINT_NJY, LSST_BANDS, MODALITIES
 
 N = 60
 
@@ -252,3 +252,60 @@ def test_cli_import_then_info(tmp_path, capsys):
     assert json.loads((out / "catalog.json").read_text())["splits"]["test"]["rows"] == 12
     assert cli.main(["import", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "nope.h5: no such file" in capsys.readouterr().err
+
+
+def test_ambiguous_or_unrepresentable_inputs_name_file_and_column(tmp_path):
+    """A repeated Parquet column, an id past int64, a finite value past float32 (the cast made it NaN, silently;
+    a Diffsky magnitude of -99 gave a NaN flux beside a finite magnitude), a Diffsky column of the wrong shape, and
+    one file given twice (its galaxies imported twice, into both splits): each a named error."""
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([1, 2]), pa.array([0.1, 0.2]), pa.array([0.3, 0.4])],
+                                        names=["galaxy_id", "redshift", "redshift"]), dup)
+    with pytest.raises(ValueError, match=r"dup\.parquet: column 'redshift' appears more than once"):
+        read_catalog([dup])
+    wide = tmp_path / "wide_ids.parquet"
+    pq.write_table(pa.table({"galaxy_id": pa.array([2**63, 2**63 + 1], pa.uint64()), "redshift": [0.1, 0.2]}), wide)
+    with pytest.raises(ValueError, match=r"wide_ids\.parquet: required column 'galaxy_id' has 9223372036854775808 in "
+                                         r"row 0, beyond int64's range"):
+        read_catalog([wide])
+    pq.write_table(pa.table({"galaxy_id": [1.0, 1e300], "redshift": [0.1, 0.2]}), wide)
+    with pytest.raises(ValueError, match=r"'galaxy_id' has 1e\+300 in row 1, beyond int64's range"):
+        read_catalog([wide])
+    huge = tmp_path / "huge.parquet"
+    pq.write_table(pa.table({"redshift": [0.1, 1e39], "logmp_obs": [12.0, 12.0]}), huge)
+    with pytest.raises(ValueError, match=r"huge\.parquet: column 'redshift' gives redshift 1e\+39 in row 1, beyond "
+                                         r"float32's range"):
+        read_catalog([huge])
+    sentinel = tmp_path / "sentinel.h5"
+    lsst_z = np.full(N, 22.0)
+    lsst_z[7] = -99.0
+    write_diffsky_hdf5(sentinel, lsst_z=lsst_z)
+    with pytest.raises(ValueError, match=r"sentinel\.h5: column 'lsst_u,.*,lsst_y' gives lsst_flux_true .* in row 7"):
+        read_catalog([sentinel])
+    for name, shape in (("lsst_u", (N, 2)), ("mc_sfh_type", (N, 2))):
+        path = tmp_path / f"shape_{name}.h5"
+        write_diffsky_hdf5(path, **{name: np.zeros(shape)})
+        with pytest.raises(ValueError, match=rf"shape_{name}\.h5: column '{name}' has shape \({N}, 2\), expected"):
+            read_catalog([path])
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"redshift": [0.1, 0.2]}), plain)
+    with pytest.raises(ValueError, match=r"plain\.parquet: given more than once"):
+        read_catalog([plain, tmp_path / "." / "plain.parquet"])
+
+
+def test_a_file_s_own_observed_fluxes_do_not_get_the_zero_errors_of_noise_free_magnitudes(tmp_path):
+    """lsst_flux_err = 0 says the observed fluxes are the noise-free ones: true where they come from Diffsky's
+    magnitudes, not where the file brings its own noisy lsst_flux (those errors are unknown: NaN)."""
+    src = tmp_path / "both.h5"
+    mags = write_diffsky_hdf5(src)
+    noisy = AB_ZERO_POINT_NJY * 10 ** (-0.4 * np.column_stack([mags[f"lsst_{b}"] for b in LSST_BANDS])) * 1.05
+    with h5py.File(src, "a") as f:
+        f["data/lsst_flux"] = noisy
+    columns, _ = read_catalog([src])
+    np.testing.assert_allclose(columns["lsst_flux"], noisy, rtol=1e-6)
+    assert np.isnan(columns["lsst_flux_err"]).all()
+    alone = tmp_path / "alone.h5"
+    write_diffsky_hdf5(alone)
+    columns, _ = read_catalog([alone])
+    assert (columns["lsst_flux_err"] == 0).all()
+    np.testing.assert_array_equal(columns["lsst_flux"], columns["lsst_flux_true"])

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ..allocator import keep_freed_memory
+from ..hub import hub_errors
 from .presets import PRESETS
 from .writer import DEFAULT_ROWS_PER_FILE, SPLITS
 
@@ -84,10 +85,12 @@ def _finalize(args) -> None:
 
 
 def _info(args) -> None:
+    from .writer import read_json
+
     path = Path(args.dir) / "catalog.json"
     if not path.exists():
         raise ValueError(f"{args.dir}: no catalog.json (not a finished catalog; a sharded build needs finalize)")
-    catalog = json.loads(path.read_text())
+    catalog = read_json(path, ("provenance", "code_version", "created_utc", "splits", "build"))
     provenance = catalog["provenance"]
     print(f"catalog {args.dir}: {provenance['origin']}, code {catalog['code_version']}, created {catalog['created_utc']}")
     if provenance["origin"] == "generated":
@@ -104,9 +107,12 @@ def _push(args) -> None:
     if not (Path(args.dir) / "catalog.json").exists():
         raise ValueError(f"{args.dir}: no catalog.json (not a finished catalog); nothing was pushed")
     api = HfApi()
-    api.create_repo(args.repo, repo_type="dataset", private=args.private, exist_ok=True)
-    info = api.upload_folder(repo_id=args.repo, repo_type="dataset", folder_path=args.dir,
-                             commit_message="Upload MOSAIC catalog", ignore_patterns=["_*", ".*"])
+    try:
+        api.create_repo(args.repo, repo_type="dataset", private=args.private, exist_ok=True)
+        info = api.upload_folder(repo_id=args.repo, repo_type="dataset", folder_path=args.dir,
+                                 commit_message="Upload MOSAIC catalog", ignore_patterns=["_*", ".*"])
+    except hub_errors() as err:
+        raise OSError(f"{args.dir} was not pushed to dataset repo {args.repo} at {api.endpoint}: {err}") from err
     print(f"pushed {args.dir} to dataset repo {args.repo} (commit {info.oid})")
 
 
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         args.func(args)
-    except (ValueError, OSError, ImportError, NotImplementedError) as err:
+    except (ValueError, ImportError, NotImplementedError, *hub_errors()) as err:
         print(f"mosaic-catalog {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

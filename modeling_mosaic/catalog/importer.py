@@ -146,6 +146,9 @@ def _read_parquet(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         names = [n for n in parquet.schema_arrow.names if n in KNOWN_COLUMNS]
     except (OSError, pa.ArrowException) as err:
         raise ValueError(f"{path}: cannot open as Parquet (truncated or corrupt file?): {err}") from err
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{path}: column {repeated[0]!r} appears more than once; which one to read is ambiguous")
     raw = {}
     for name in names:
         try:
@@ -155,7 +158,7 @@ def _read_parquet(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         if name in COLUMNS_BY_NAME and COLUMNS_BY_NAME[name].length:
             raw[name] = _parquet_vector(col, path, name)
         elif name == "galaxy_id" and pa.types.is_integer(col.type) and col.null_count == 0:
-            raw[name] = col.to_numpy().astype(np.int64)  # exact: a float64 holds integers only up to 2**53
+            raw[name] = col.to_numpy()  # exact: a float64 holds integers only up to 2**53
         elif pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type):
             raw[name] = col.cast(pa.float64()).fill_null(np.nan).to_numpy()
         else:
@@ -182,11 +185,20 @@ def _check_shape(path: Path, name: str, values: np.ndarray, rows: int) -> np.nda
     return values
 
 
-def _lsst_flux_from_diffsky(raw: dict, rows: int) -> np.ndarray | None:
+def _per_galaxy(path: Path, name: str, values, rows: int) -> np.ndarray:
+    """An input column that holds one number per galaxy (a Diffsky magnitude or label), as float64."""
+    values = np.asarray(values, float)
+    if values.shape != (rows,):
+        raise ValueError(f"{path}: column {name!r} has shape {values.shape}, expected ({rows},): one value a galaxy")
+    return values
+
+
+def _lsst_flux_from_diffsky(path: Path, raw: dict, rows: int) -> np.ndarray | None:
     """nJy fluxes from the Diffsky `lsst_u` ... `lsst_y` AB magnitudes (a band not given is NaN)."""
     if not any(b in raw for b in DIFFSKY_LSST_MAGS):
         return None
-    mags = np.column_stack([np.asarray(raw.get(b, np.full(rows, np.nan)), float) for b in DIFFSKY_LSST_MAGS])
+    mags = np.column_stack([_per_galaxy(path, b, raw[b], rows) if b in raw else np.full(rows, np.nan)
+                            for b in DIFFSKY_LSST_MAGS])
     with np.errstate(over="ignore", invalid="ignore"):
         return np.where(np.isfinite(mags), AB_ZERO_POINT_NJY * 10.0 ** (-0.4 * mags), np.nan)
 
@@ -206,15 +218,16 @@ def _map_file(path: Path, raw: dict[str, np.ndarray], header: dict) -> ImportedF
         if name not in cols and alias is not None:
             cols[name], sources[name] = _check_shape(path, name, np.asarray(raw[alias], float), rows), alias
     if "quenched" not in cols and DIFFSKY_SFH_TYPE in raw:
-        sfh_type = np.asarray(raw[DIFFSKY_SFH_TYPE], float)
+        sfh_type = _per_galaxy(path, DIFFSKY_SFH_TYPE, raw[DIFFSKY_SFH_TYPE], rows)
         cols["quenched"] = np.where(np.isfinite(sfh_type), sfh_type == 0, np.nan)
         sources["quenched"] = DIFFSKY_SFH_TYPE
-    flux = _lsst_flux_from_diffsky(raw, rows)
+    flux = _lsst_flux_from_diffsky(path, raw, rows)
     if flux is not None:
         given = ",".join(b for b in DIFFSKY_LSST_MAGS if b in raw)
-        noise_free = np.where(np.isfinite(flux), 0.0, np.nan)
+        # Zero errors say that the observed fluxes are these noise-free ones: not so for a file's own lsst_flux.
+        noise_free = np.where(np.isfinite(flux), 0.0, np.nan) if "lsst_flux" not in cols else None
         for name, values in (("lsst_flux_true", flux), ("lsst_flux", flux), ("lsst_flux_err", noise_free)):
-            if name not in cols:
+            if name not in cols and values is not None:
                 cols[name], sources[name] = values, given
     for mag, flux_name in ASINH_FROM_FLUX.items():
         if mag not in cols and flux_name in cols:
@@ -232,6 +245,13 @@ def _map_file(path: Path, raw: dict[str, np.ndarray], header: dict) -> ImportedF
     cols["quenched"] = _quenched(path, cols.get("quenched"), rows)
     if "galaxy_id" in cols:
         cols["galaxy_id"] = _galaxy_ids(path, cols["galaxy_id"])
+    for name, values in cols.items():  # the float32 cast below would make these inf, then missing
+        huge = (np.isfinite(values) & (np.abs(values) > np.finfo(np.float32).max)
+                if COLUMNS_BY_NAME[name].dtype == "float32" else np.zeros(0, dtype=bool))
+        if huge.any():
+            row = int(np.argwhere(huge)[0][0])
+            raise ValueError(f"{path}: column {sources[name]!r} gives {name} {values[huge][0]:g} in row {row}, "
+                             "beyond float32's range (a sentinel such as -99? NaN marks a missing value)")
     cols = {c.name: cols[c.name].astype(c.dtype, copy=False) for c in COLUMNS if c.name in cols}
     for values in cols.values():  # +-inf means missing, as NaN does: the catalog stores one missing value
         if values.dtype.kind == "f":
@@ -258,13 +278,19 @@ def _quenched(path: Path, values, rows: int) -> np.ndarray:
 
 
 def _galaxy_ids(path: Path, values: np.ndarray) -> np.ndarray:
-    """The required column: finite integers."""
+    """The required column: finite integers that fit int64 (a uint64 id past 2**63 would wrap around)."""
     values = np.asarray(values)
     if values.dtype.kind == "f":
         bad = ~np.isfinite(values) | (values != np.round(values))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise ValueError(f"{path}: required column 'galaxy_id' has {values[row]} in row {row}; ids must be integers")
+        outside = (values < -(2.0**63)) | (values >= 2.0**63)
+    else:
+        outside = values > np.iinfo(np.int64).max if values.dtype.kind == "u" else np.zeros(len(values), bool)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"{path}: required column 'galaxy_id' has {values[row]} in row {row}, beyond int64's range")
     return values.astype(np.int64)
 
 
@@ -273,6 +299,10 @@ def read_catalog(paths: Sequence[str | os.PathLike]) -> tuple[dict[str, np.ndarr
     """Every input mapped to the schema and concatenated in order: (columns, per-file records)."""
     if not paths:
         raise ValueError("no input catalog given")
+    resolved = [Path(p).resolve() for p in paths]
+    twice = next((p for p, r in zip(paths, resolved) if resolved.count(r) > 1), None)
+    if twice is not None:
+        raise ValueError(f"{twice}: given more than once; its galaxies would be imported twice")
     files = [_map_file(Path(p), *_read_raw(Path(p))) for p in paths]
     with_ids = [f for f in files if "galaxy_id" in f.sources]
     if with_ids and len(with_ids) != len(files):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -18,9 +17,11 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
 from datasets.packaged_modules.parquet.parquet import Parquet
 
+from ..hub import hub_errors
 from ..modalities import MODALITY_NAMES, get_modality
 from .features import catalog_features
 from .stats import load_normalization
+from .writer import read_json
 
 CATALOG_FILE = "catalog.json"
 NORMALIZATION_FILE = "normalization.json"
@@ -67,7 +68,7 @@ def load_catalog(
             return load_dataset(str(path_or_hub_id), split=split, features=catalog_features(), streaming=streaming,
                                 cache_dir=cache_dir)
     catalog_bytes = (local / CATALOG_FILE).read_bytes()
-    catalog = json.loads(catalog_bytes)
+    catalog = read_json(local / CATALOG_FILE, ("splits",))
     data_files = {s: [str(local / f) for f in info["files"]] for s, info in catalog["splits"].items()}
     builder = Parquet(cache_dir=cache_dir, dataset_name=f"mosaic_catalog_{local.name}", data_files=data_files,
                       features=catalog_features(), hash=hashlib.sha256(catalog_bytes).hexdigest()[:16])
@@ -98,7 +99,7 @@ def _named_hub_errors(name):
     that says both, since "data/mine" may be a mistyped folder as well as a dataset id."""
     try:
         yield
-    except OSError as error:  # FileNotFoundError, ConnectionError and huggingface_hub's errors are OSErrors
+    except hub_errors() as error:
         raise FileNotFoundError(f"{name}: no such catalog folder here, and the Hub could not provide a dataset of "
                                 f"that name: {error}") from error
 

@@ -19,6 +19,7 @@ an interrupted build leaves no OUT at all.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -41,6 +42,8 @@ from .features import arrow_schema, catalog_features, chunk_to_table, table_to_c
 from .presets import catalog_options, code_version, get_preset
 from .schema import COLUMNS
 from .stats import STD_FLOOR, NormalizationAccumulator, save_normalization
+
+logger = logging.getLogger(__name__)
 
 #: A source of rows: `source(start, stop)` yields chunks (column -> array) covering rows [start, stop).
 ChunkSource = Callable[[int, int], Iterable[Mapping[str, np.ndarray]]]
@@ -164,6 +167,19 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path, keys: Iterable[str]) -> dict:
+    """A JSON file this package wrote (catalog.json, a shard manifest), holding `keys`; an error naming the file
+    otherwise: other tools write files of these names too (a STAC catalog.json)."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    missing = [k for k in keys if not isinstance(content, dict) or k not in content]
+    if missing:
+        raise ValueError(f"{path}: not a MOSAIC catalog file (no {', '.join(missing)})")
+    return content
+
+
 def _staging_dir(out: Path, label: str) -> Path:
     """A fresh folder beside OUT (same file system, so the final renames are atomic)."""
     staging = out.parent / f".{out.name}.{label}.{uuid.uuid4().hex[:8]}.tmp"
@@ -216,6 +232,8 @@ def write_catalog(
     `finalize_catalog(OUT)` once every shard has finished.
     """
     out = Path(out).absolute()
+    if out.is_symlink():  # a link to a catalog: build where it points, so the link goes on naming the catalog
+        out = out.resolve()
     sharded = num_shards > 1
     blocks = layout.shard(shard_index, num_shards)
     if sharded and overwrite:
@@ -235,6 +253,10 @@ def write_catalog(
         raise FileExistsError(f"{out} exists and is not a finished catalog (no catalog.json): overwrite replaces "
                               "only a catalog; remove it yourself or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
+    others = sorted(p.name for p in out.parent.glob(f".{out.name}.build.*.tmp"))
+    if not sharded and others:
+        logger.warning("%s: staging folders of other builds of %s (running, or killed: remove a killed one's): %s",
+                       out.parent, out.name, ", ".join(others))
     staging = _staging_dir(out, f"shard-{shard_index}-of-{num_shards}" if sharded else "build")
     try:
         (staging / "data").mkdir()
@@ -260,7 +282,7 @@ def write_catalog(
         (staging / SHARDS_DIR).mkdir()
         _write_text(staging / SHARDS_DIR / "shard-00000-of-00001.json", json.dumps(manifest, indent=1))
         catalog = finalize_catalog(staging)
-        _move_into_place(staging, out)
+        _move_into_place(staging, out, overwrite)
         return catalog
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -276,8 +298,16 @@ def _publish_shard(staging: Path, out: Path, manifest: dict) -> None:
     _write_text(out / SHARDS_DIR / name, json.dumps(manifest, indent=1))
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished catalog to OUT; an existing OUT (overwrite) is swapped out, then removed."""
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished catalog to OUT; with `overwrite` an existing OUT is swapped out, then removed. Without,
+    an OUT that appeared while this build ran (another build into the same --out) is kept: the rename fails."""
+    if not overwrite:
+        try:
+            os.rename(staging, out)  # onto a folder that holds anything, or a file, it fails
+        except OSError as err:
+            raise FileExistsError(f"{out} appeared while this build ran (another build into the same --out?); it was "
+                                  f"kept and this build discarded ({err.strerror})") from None
+        return
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old.{uuid.uuid4().hex[:8]}"
@@ -294,7 +324,7 @@ def _read_manifests(out: Path) -> list[dict]:
         if (out / "catalog.json").exists():
             raise ValueError(f"{out} is already finalized (catalog.json exists, no shard manifests left)")
         raise ValueError(f"{out}: no shard manifests in {out / SHARDS_DIR}: not the output of a sharded build")
-    manifests = [json.loads(p.read_text()) for p in paths]
+    manifests = [read_json(p, ("format_version", "num_shards", "shard_index", "files", "seconds")) for p in paths]
     identity = ("format_version", "provenance", "layout", "code_version", "num_shards")
     for p, m in zip(paths, manifests):
         for key in identity:
