@@ -25,8 +25,10 @@ import contextlib
 import inspect
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,9 @@ def read_schema(path: str) -> pa.Schema:
                 schema = reader.schema
         if not schema.names:  # the names are decoded here: a CSV header that is not UTF-8 fails
             raise SystemExit(f"--input {path}: no columns")
+        repeated = sorted({n for n in schema.names if schema.names.count(n) > 1})
+        if repeated:
+            raise SystemExit(f"--input {path}: column {repeated[0]!r} appears more than once")
     except (pa.ArrowException, UnicodeDecodeError) as error:
         raise unreadable(path, error) from None
     return schema
@@ -127,7 +132,7 @@ def _column_array(table: pa.Table, column: str, length: int, path: str) -> np.nd
         if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type) or pa.types.is_null(value_type)):
             raise ValueError(f"{path}: column {column!r} holds lists of {value_type}; expected numbers")
         lengths = np.asarray(array.value_lengths().fill_null(length))
-        if (lengths != length).any():
+        if (lengths != length).any() or getattr(array.type, "list_size", length) != length:
             raise ValueError(f"{path}: column {column!r} must hold lists of {length} values")
         values = array.fill_null([None] * length).flatten().fill_null(np.nan)
         return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(array), length)
@@ -189,11 +194,22 @@ def output_table(predictions: dict, targets, ids: pa.Array | None) -> pa.Table:
 
 def temporary_beside(path: str) -> Path:
     """A new, empty, uniquely named hidden file in `path`'s folder (renamed over `path` when complete): never a
-    name some other file already has."""
+    name some other file already has. Its mode is the one `path` would get from open(): mkstemp's 0600 would
+    otherwise become the output's (or replace that of the file it replaces)."""
     descriptor, name = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.",
                                         suffix=f".tmp{Path(path).suffix}")
     os.close(descriptor)
+    os.chmod(name, ordinary_mode(path))
     return Path(name)
+
+
+def ordinary_mode(path: str | os.PathLike) -> int:
+    """The permission bits of `path` if it exists, else those open() gives a new file (0666 less the umask)."""
+    with contextlib.suppress(FileNotFoundError):
+        return os.stat(path).st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 class TableWriter:
@@ -239,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="Parquet or CSV table of the given modalities")
     parser.add_argument("--output", required=True, help="predictions, Parquet or CSV (by the extension)")
     parser.add_argument("--targets", nargs="+", default=None,
-                        help="modalities to predict (default: every modality the input lacks)")
+                        help="modalities to predict (default: every modality with no column in --input)")
     parser.add_argument("--uncertainty", action="store_true", help="add std and 16/50/84 percentiles (gaussian head)")
     parser.add_argument("--samples", type=int, default=0, help="draws per galaxy from the predictive distribution")
     parser.add_argument("--qp", default=None,
@@ -280,6 +296,20 @@ def precision(device: str, bf16: bool):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+@contextlib.contextmanager
+def terminating_as_exit():
+    """A SIGTERM (a batch scheduler's time limit) unwinds like Ctrl-C inside, so the temporary output is removed;
+    the previous handler is back after. Only the main thread may set handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def chunk_seed(seed: int, chunk: int) -> int:
     """The sampling seed of one chunk: independent draws in every chunk, reproducible from --seed."""
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
@@ -289,6 +319,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.chunk_rows < 1 or args.samples < 0:
         raise SystemExit("--batch-size and --chunk-rows must be positive and --samples non-negative")
+    if not 0 <= args.seed < 2**63:
+        raise SystemExit(f"--seed must be in [0, 2**63), got {args.seed}")
     if _format(args.output, "--output") == ".csv" and args.samples:
         raise SystemExit("--samples writes list columns, which CSV cannot hold: use a .parquet --output")
     schema = read_schema(args.input)
@@ -314,33 +346,41 @@ def main(argv=None) -> int:
                          f"{', '.join(model.config.modalities)}")
     columns = input_columns(schema.names, model.config.modalities)
     try:  # a missing or partial column is named before any work
-        read_inputs(schema.empty_table(), model.config.modalities, args.input)
+        given = read_inputs(schema.empty_table(), model.config.modalities, args.input)[0]
     except ValueError as error:
         raise SystemExit(str(error)) from None
+    if args.targets is None:  # from the columns, not per chunk: every chunk writes the same output columns
+        args.targets = [n for n in model.config.modalities if n not in given]
+        if not args.targets:
+            raise SystemExit(f"--input {args.input} has a column for every modality of this model: name the ones "
+                             "to predict (or fill in) with --targets")
+    if args.qp and "redshift" not in args.targets:
+        raise SystemExit("--qp: redshift is not a target (it is a column of --input or left out of --targets)")
     writer, pdfs, targets, posteriors = TableWriter(args.output), [], [], None
-    try:
+    with terminating_as_exit():
         try:
-            for chunk, table in enumerate(iter_tables(args.input, columns, args.chunk_rows)):
-                predictions, targets = predict_chunk(model, table, args, chunk)
-                if args.qp:
-                    pdfs.append(predictions["redshift_pdf"])
-                ids = table.column("galaxy_id").combine_chunks() if "galaxy_id" in table.column_names else None
-                writer.write(output_table(predictions, targets, ids))
-        except (pa.ArrowException, UnicodeDecodeError) as error:
-            raise unreadable(args.input, error, schema.names) from None
-        if writer.rows == 0:
-            raise SystemExit(f"--input {args.input}: no rows")
-        if args.qp:
-            posteriors = temporary_beside(args.qp)
-            to_qp_ensemble(DEFAULT_REDSHIFT_GRID, np.concatenate(pdfs)).write_to(str(posteriors))
-        writer.close()
-        if posteriors is not None:
-            os.replace(posteriors, args.qp)
-    except BaseException:
-        writer.abort()
-        if posteriors is not None:
-            posteriors.unlink(missing_ok=True)
-        raise
+            try:
+                for chunk, table in enumerate(iter_tables(args.input, columns, args.chunk_rows)):
+                    predictions, targets = predict_chunk(model, table, args, chunk)
+                    if args.qp:
+                        pdfs.append(predictions["redshift_pdf"])
+                    ids = table.column("galaxy_id").combine_chunks() if "galaxy_id" in table.column_names else None
+                    writer.write(output_table(predictions, targets, ids))
+            except (pa.ArrowException, UnicodeDecodeError) as error:
+                raise unreadable(args.input, error, schema.names) from None
+            if writer.rows == 0:
+                raise SystemExit(f"--input {args.input}: no rows")
+            if args.qp:
+                posteriors = temporary_beside(args.qp)
+                to_qp_ensemble(DEFAULT_REDSHIFT_GRID, np.concatenate(pdfs)).write_to(str(posteriors))
+            writer.close()
+            if posteriors is not None:
+                os.replace(posteriors, args.qp)
+        except BaseException:
+            writer.abort()
+            if posteriors is not None:
+                posteriors.unlink(missing_ok=True)
+            raise
     print(f"predictions: {args.output} ({writer.rows} galaxies, targets {', '.join(targets)})")
     return 0
 
@@ -361,8 +401,6 @@ def predict_chunk(model, table: pa.Table, args, chunk: int) -> tuple[dict, list[
                                         return_pdf=bool(args.qp))
     except ValueError as error:
         raise SystemExit(f"{args.input}: {error}") from None
-    if args.qp and "redshift_pdf" not in predictions:
-        raise SystemExit("--qp: redshift is not a target (it was given in the input or left out of --targets)")
     return predictions, [n for n in model.config.modalities if n in predictions]
 
 

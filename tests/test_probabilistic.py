@@ -2,6 +2,7 @@
 answers are known (heteroscedastic noise, a bimodal redshift, a band with a huge error), the maths of the
 predictive summaries, and the plumbing (remote-code reload, CLI, qp export)."""
 
+import os
 import sysconfig
 
 import numpy as np
@@ -797,6 +798,50 @@ def test_mosaic_predict_cli_loses_no_file_and_names_what_it_cannot_read(gaussian
     assert {p: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
     with pytest.raises(SystemExit, match="--model .*missing: no such folder"):
         predict_cli.main(["--model", str(tmp_path / "missing"), "--input", source, "--output", "out.parquet"])
+
+
+def test_mosaic_predict_cli_fixes_its_columns_once_and_names_ambiguous_input(gaussian_model, tmp_path):
+    """Default targets follow the input's columns, not each chunk's values: a chunk with a galaxy that lacked all of
+    LSST added lsst to its targets, and the writer failed mid-run on the changed columns. A repeated column, a
+    fixed-size list of the wrong size and a negative --seed are named before any work. The output gets the mode
+    open() gives (mkstemp's 0600 leaked into it), or keeps the mode of the file it replaces."""
+    gaussian_model.save_pretrained(tmp_path / "model")
+    lsst = random_columns(np.random.default_rng(3), 8)["lsst"]
+    lsst[0] = np.nan
+    pq.write_table(pa.table({"galaxy_id": np.arange(8), "lsst": list(lsst)}), tmp_path / "in.parquet")
+    argv = ["--model", str(tmp_path / "model"), "--input", str(tmp_path / "in.parquet"), "--batch-size", "4"]
+    assert predict_cli.main([*argv, "--output", str(tmp_path / "chunked.parquet"), "--chunk-rows", "4"]) == 0
+    assert predict_cli.main([*argv, "--output", str(tmp_path / "whole.parquet")]) == 0
+    chunked = pq.read_table(tmp_path / "chunked.parquet")
+    assert chunked.equals(pq.read_table(tmp_path / "whole.parquet"))
+    assert "redshift" in chunked.column_names and "lsst_u" not in chunked.column_names
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "whole.parquet").st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(tmp_path / "whole.parquet", 0o640)
+    assert predict_cli.main([*argv, "--output", str(tmp_path / "whole.parquet")]) == 0
+    assert os.stat(tmp_path / "whole.parquet").st_mode & 0o777 == 0o640
+
+    pq.write_table(pa.Table.from_arrays([pa.array(list(lsst))] * 2, names=["lsst", "lsst"]), tmp_path / "dup.parquet")
+    pq.write_table(pa.table({"lsst": pa.array(list(lsst[:, :5]), pa.list_(pa.float32(), 5))}), tmp_path / "five.parquet")
+    for source, extra, message in (("dup", [], "--input .*dup.parquet: column 'lsst' appears more than once"),
+                                   ("five", [], "five.parquet: column 'lsst' must hold lists of 6 values"),
+                                   ("in", ["--seed", "-1"], r"--seed must be in \[0, 2\*\*63\), got -1")):
+        with pytest.raises(SystemExit, match=message):
+            predict_cli.main(["--model", str(tmp_path / "model"), "--input", str(tmp_path / f"{source}.parquet"),
+                              "--output", str(tmp_path / "out.parquet"), *extra])
+    assert not list(tmp_path.glob("*out.parquet*"))
+
+
+def test_a_sigterm_while_predicting_unwinds_and_the_previous_handler_returns():
+    """A batch scheduler's SIGTERM at a time limit killed mosaic-predict outright, leaving its temporary output."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped, predict_cli.terminating_as_exit():
+        os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before its next instruction
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_gaussian_checkpoint_reloads_identically_by_remote_code(tmp_path, monkeypatch):
