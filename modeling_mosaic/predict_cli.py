@@ -37,6 +37,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .allocator import keep_freed_memory
+from .files import ordinary_mode
 from .modalities import MODALITIES, get_modality
 from .modeling_mosaic import DEFAULT_REDSHIFT_GRID
 
@@ -201,15 +202,6 @@ def temporary_beside(path: str) -> Path:
     os.close(descriptor)
     os.chmod(name, ordinary_mode(path))
     return Path(name)
-
-
-def ordinary_mode(path: str | os.PathLike) -> int:
-    """The permission bits of `path` if it exists, else those open() gives a new file (0666 less the umask)."""
-    with contextlib.suppress(FileNotFoundError):
-        return os.stat(path).st_mode & 0o7777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 class TableWriter:

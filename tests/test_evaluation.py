@@ -663,3 +663,187 @@ def test_a_run_that_fails_half_way_leaves_the_earlier_report_whole(evaluation, d
         with pytest.raises(RuntimeError, match="plotting failed"):
             cli.main(["--model", "fake", "--data", str(root), "--out", str(out), "--no-baselines", "--no-ablation"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# ------------------------------------------------------------------------- refusals, in-place saves, file modes
+TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny probabilistic MOSAIC model saved as the trainer saves one (safetensors and its remote code)."""
+    import torch
+
+    from modeling_mosaic import MosaicConfig, MosaicModel
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("checkpoint") / "model"
+    MosaicModel(MosaicConfig(**TINY_MODEL, head_type="gaussian")).save_pretrained(directory)
+    return directory
+
+
+def test_load_model_refuses_anything_but_a_mosaic_checkpoint_in_safetensors(checkpoint, tmp_path):
+    """A folder that is not a MOSAIC checkpoint, or one whose weights are a pickle, is one line naming --model."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    assert type(cli.load_model(str(checkpoint))).__name__ == "MosaicModel"
+    pickled = tmp_path / "pickled"
+    shutil.copytree(checkpoint, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "untyped").mkdir()
+    (tmp_path / "untyped" / "config.json").write_text("{}")
+    shutil.copy(checkpoint / "model.safetensors", tmp_path / "untyped")
+    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                         vocab_size=16)).save_pretrained(tmp_path / "bert")
+    for name, reason in (("pickled", r"safetensors only.*pytorch_model\.bin"), ("empty", "no config.json"),
+                         ("untyped", "Unrecognized model"), ("bert", "model_type is 'bert'")):
+        with pytest.raises(SystemExit, match=f"^--model {tmp_path / name}: not a MOSAIC checkpoint \\(.*{reason}"):
+            cli.load_model(str(tmp_path / name))
+
+
+class UnpredictableModel(ZeroModel):
+    """A model that must not be asked for anything: the run was to be refused first."""
+
+    def predict(self, inputs, targets=None, batch_size=4096):
+        raise AssertionError("predicted before the arguments were checked")
+
+
+def test_evaluate_refuses_a_catalog_or_argument_it_would_fail_on_before_any_work(dataset, tmp_path):
+    """Each mistake is one line naming the argument and the file, before any prediction and before --out exists."""
+    root, _ = dataset
+    shards = {split: pq.read_table(root / "data" / f"{split}-00000-of-00001.parquet") for split in ("train", "test")}
+
+    def catalog(name, **tables):
+        (tmp_path / name / "data").mkdir(parents=True)
+        for split, table in tables.items():
+            pq.write_table(table, tmp_path / name / "data" / f"{split}-00000-of-00001.parquet")
+        return str(tmp_path / name)
+
+    no_test = catalog("no_test", train=shards["train"])
+    no_spherex = catalog("no_spherex", train=shards["train"], test=shards["test"].drop_columns(["spherex"]))
+    empty = catalog("empty", train=shards["train"], test=shards["test"].slice(0, 0))
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "broken.json").write_text('{"baselines": ')
+    (tmp_path / "bare" / "data").mkdir(parents=True)
+    out = tmp_path / "out"
+    cases = [
+        (no_test, out, [], f"--data {no_test}: no Parquet shard {no_test}/data/test-\\*\\.parquet"),
+        (no_spherex, out, [], f"--data {no_spherex}: {no_spherex}/data/test-.*missing column.*'spherex'"),
+        (empty, out, [], f"--data {empty}: the test split has no rows"),
+        (root, tmp_path / "a_file", [], f"--out {tmp_path / 'a_file'}: a file, not a folder"),
+        (root, tmp_path / "a_file" / "sub", [], f"--out {tmp_path / 'a_file' / 'sub'}: .*a_file is a file"),
+        (root, out, ["--baselines-from", str(tmp_path / "broken.json")],
+         f"--baselines-from {tmp_path / 'broken.json'}: not a metrics.json"),
+        (root, out, ["--no-baselines", "--ablation-data", str(tmp_path / "bare")],
+         f"--ablation-data {tmp_path / 'bare'}: no Parquet shard"),
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "load_model", lambda name, device="cpu": UnpredictableModel())
+        for data, target, extra, message in cases:
+            with pytest.raises(SystemExit, match=f"^{message}") as refused:
+                cli.main(["--model", "fake", "--data", str(data), "--out", str(target), "--no-figures", *extra])
+            assert "\n" not in str(refused.value) and not out.exists(), message
+
+
+def test_a_rerun_without_figures_removes_only_the_earlier_runs_figures(dataset, tmp_path):
+    """The report in --out is this run's: figures an earlier run drew are removed, a user's own PNG is kept."""
+    root, _ = dataset
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("figure2_conditions.png", "photoz.png", "photoz_pit.png", "figure3_embeddings.png", "my_plot.png"):
+        (out / name).write_bytes(PNG_SIGNATURE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "load_model", lambda name, device="cpu": ZeroModel())
+        cli.main(["--model", "fake", "--data", str(root), "--out", str(out), "--no-baselines", "--no-figures",
+                  "--no-ablation"])
+    assert [p.name for p in out.glob("*.png")] == ["my_plot.png"]
+    assert "figure2_conditions.png" not in (out / "REPORT.md").read_text()
+
+
+def test_report_files_get_the_mode_open_gives_or_the_replaced_files(tmp_path):
+    """Not mkstemp's 0600: a new file is 0666 less the umask, a replaced one (a model card) keeps its mode."""
+    import os
+    import stat
+
+    from modeling_mosaic.evaluation.report import write_text
+
+    previous = os.umask(0o027)
+    try:
+        write_text("{}", tmp_path / "metrics.json")
+        (tmp_path / "README.md").write_text("# card")
+        os.chmod(tmp_path / "README.md", 0o664)
+        write_text("# new card", tmp_path / "README.md")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "README.md").stat().st_mode) == 0o664
+    assert (tmp_path / "README.md").read_text() == "# new card"
+
+
+def test_calibrate_names_a_split_the_catalog_lacks_or_that_has_no_rows(checkpoint, dataset, tmp_path):
+    from modeling_mosaic.evaluation import calibrate_cli
+
+    root, _ = dataset
+    data = tmp_path / "catalog"
+    (data / "data").mkdir(parents=True)
+    table = pq.read_table(root / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(table.slice(0, 0), data / "data" / "train-00000-of-00001.parquet")
+    for split, message in (("validation", f"--split validation: {data} has no such split \\(no Parquet shard"),
+                           ("train", f"--split train: the train split of {data} has no rows")):
+        with pytest.raises(SystemExit, match=f"^{message}"):
+            calibrate_cli.main(["--model", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "out"),
+                                "--split", split])
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibrating_in_place_keeps_the_model_whole_if_the_save_fails_and_keeps_its_other_files(
+        checkpoint, dataset, tmp_path):
+    """--out = --model: the model is saved beside the folder, then swapped in. A save that dies half-way leaves the
+    folder byte for byte; one that succeeds leaves the new calibration, the folder's other files and its mode."""
+    import os
+    import shutil
+    import stat
+    from pathlib import Path
+
+    import transformers
+
+    from modeling_mosaic.evaluation import calibrate_cli
+
+    root, _ = dataset
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint, model)
+    (model / "README.md").write_text("# the model card")
+    (model / "checkpoint-4").mkdir()
+    (model / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    os.chmod(model, 0o751)
+
+    def snapshot():
+        return {str(p.relative_to(tmp_path)): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+
+    before = snapshot()
+    save = transformers.PreTrainedModel.save_pretrained
+
+    def disk_full(self, directory, *args, **kwargs):
+        (Path(directory) / "config.json").write_text('{"truncat')
+        raise OSError(28, "No space left on device")
+
+    argv = ["--model", str(model), "--data", str(root), "--out", str(model), "--rows", "60"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transformers.PreTrainedModel, "save_pretrained", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            calibrate_cli.main(argv)
+    assert snapshot() == before
+    assert transformers.PreTrainedModel.save_pretrained is save
+    assert calibrate_cli.main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing staged or set aside is left
+    assert json.loads((model / "config.json").read_text())["calibration"]
+    assert (model / "README.md").read_text() == "# the model card"
+    assert (model / "checkpoint-4" / "trainer_state.json").read_text() == "{}"
+    assert (model / "model.safetensors").read_bytes() == (checkpoint / "model.safetensors").read_bytes()
+    assert stat.S_IMODE(model.stat().st_mode) == 0o751

@@ -15,10 +15,19 @@ does this over its training range at the end of training.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 from ..allocator import keep_freed_memory
+from ..files import ordinary_mode
+
+#: The weight files save_pretrained writes (one file, or shards and their index): an old one is never carried over.
+WEIGHTS = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,19 +44,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def save_in_place(model, out) -> None:
+    """Save the model to a fresh folder beside OUT, then swap it in: a save that fails half-way (disk full, a kill)
+    leaves OUT as it was, and OUT may be --model, the only copy. OUT's other files (model card, training state,
+    checkpoints) are carried over as hard links; only the weights save_pretrained writes are not."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new."))
+    old = None
+    try:
+        model.save_pretrained(staging)
+        os.chmod(staging, ordinary_mode(out, directory=True))
+        if out.exists():
+            for entry in out.iterdir():
+                if not (staging / entry.name).exists() and not WEIGHTS.fullmatch(entry.name):
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.copytree(entry, staging / entry.name, symlinks=True, copy_function=_link_or_copy)
+                    else:
+                        _link_or_copy(entry, staging / entry.name, follow_symlinks=False)
+            old = out.parent / f".{out.name}.old.{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _link_or_copy(source, target, *, follow_symlinks=True) -> None:
+    """A hard link (no bytes copied), or a copy where the file system has none."""
+    try:
+        os.link(source, target, follow_symlinks=follow_symlinks)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=follow_symlinks)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.rows is not None and args.rows < 1:
         raise SystemExit(f"--rows must be a positive integer, got {args.rows}")
     if not (Path(args.data) / "data").is_dir():
         raise SystemExit(f"--data {args.data}: no data/ folder of Parquet shards there")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise SystemExit(f"--out {args.out}: a file, not a folder to save the model to")
     from ..noise import CALIBRATION_NOISE_STREAM, depth_columns, error_columns, redraw_photometry
-    from .cli import check_depth_scale, load_model
+    from .cli import check_depth_scale, check_out, load_model
     from .conditions import calibrate_for_conditions
-    from .report import model_modalities, read_split, uses_errors
+    from .report import model_modalities, read_split, split_rows, uses_errors
 
+    check_out(args.out)
     check_depth_scale(args.depth_scale)
     keep_freed_memory()
     model = load_model(args.model)
@@ -57,20 +100,24 @@ def main(argv=None) -> int:
     needed = [*modalities, *error_columns(modalities, uses_errors(model)),
               *(depth_columns(modalities) if args.depth_scale is not None else [])]
     try:
-        columns = read_split(args.data, args.split, needed)
+        rows = split_rows(args.data, args.split, needed)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--split {args.split}: {args.data} has no such split ({error})") from None
     except ValueError as error:
         hint = (" (--depth-scale draws from the noise-free fluxes and their errors, which a generated catalog "
                 "stores)" if args.depth_scale is not None else "")
         raise SystemExit(f"--data {args.data}: {error}{hint}") from error
-    rows = len(next(iter(columns.values())))
+    if rows == 0:
+        raise SystemExit(f"--split {args.split}: the {args.split} split of {args.data} has no rows")
     if args.rows is not None and args.rows > rows:
         raise SystemExit(f"--rows {args.rows}: the {args.split} split of {args.data} has only {rows} rows")
+    columns = read_split(args.data, args.split, needed)
     held_out = {k: v[rows - (args.rows or rows):] for k, v in columns.items()}
     if args.depth_scale is not None:
         held_out = redraw_photometry(held_out, modalities, args.depth_scale, args.seed, CALIBRATION_NOISE_STREAM)
     model.config.calibration = []
     fitted = calibrate_for_conditions(model, held_out)
-    model.save_pretrained(args.out)
+    save_in_place(model, args.out)
     for condition, targets in fitted.items():
         for target in ("redshift", "log_stellar_mass"):
             if target in targets:

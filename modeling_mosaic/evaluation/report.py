@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..card import replace_section
+from ..files import ordinary_mode
 from ..catalog.io import arrow_to_numpy
 from ..modalities import MODALITY_NAMES, get_modality
 from ..noise import NOISY_MODALITIES, depth_columns, error_columns, redraw_photometry
@@ -64,6 +65,9 @@ GOLD_I_LIMIT = 25.3
 DEPTH_SCALE_BINS = 3
 #: Columns the baselines and the ablation read from the train split.
 TRAIN_COLUMNS = ("redshift", "log_stellar_mass", "lsst", "spherex", "sfh")
+#: The PNG figures a report may hold, by their key in REPORT.md's list; a report without one removes an earlier run's.
+FIGURES = {"conditions": "figure2_conditions.png", "photoz": "photoz.png", "pit": "photoz_pit.png",
+           "embeddings": "figure3_embeddings.png"}
 
 NMAE_DEFINITION = (
     "normalised MAE of a galaxy = mean over its scored elements of |prediction - truth| / sigma, where sigma "
@@ -73,10 +77,9 @@ NMAE_DEFINITION = (
 
 
 # ------------------------------------------------------------------------------------------------ data
-def read_split(data_dir, split: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """Columns of one split of a catalog in Hugging Face Parquet layout (DIR/data/{split}-*.parquet) as
-    numpy arrays, vectors as (rows, length). Reads only the columns asked for (each once); nulls become NaN."""
-    columns = list(dict.fromkeys(columns))
+def split_files(data_dir, split: str, columns: Sequence[str]) -> list[str]:
+    """The Parquet shards of one split of a catalog (DIR/data/{split}-*.parquet), after checking that there is one
+    and that it holds `columns`."""
     files = sorted(glob.glob(os.path.join(os.fspath(data_dir), "data", f"{split}-*.parquet")))
     if not files:
         raise FileNotFoundError(f"no Parquet shard {data_dir}/data/{split}-*.parquet")
@@ -84,6 +87,20 @@ def read_split(data_dir, split: str, columns: Sequence[str]) -> dict[str, np.nda
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise ValueError(f"{files[0]}: missing column(s) {missing}")
+    return files
+
+
+def split_rows(data_dir, split: str, columns: Sequence[str]) -> int:
+    """The rows of one split, from its shards' footers (no column is read), after the checks of `split_files`:
+    what lets a command refuse a catalog before its work, not after."""
+    return sum(pq.read_metadata(f).num_rows for f in split_files(data_dir, split, columns))
+
+
+def read_split(data_dir, split: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Columns of one split of a catalog in Hugging Face Parquet layout (DIR/data/{split}-*.parquet) as
+    numpy arrays, vectors as (rows, length). Reads only the columns asked for (each once); nulls become NaN."""
+    columns = list(dict.fromkeys(columns))
+    files = split_files(data_dir, split, columns)
     table = pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
     columns = {c: arrow_to_numpy(table.column(c), c, files[0]) for c in columns}
     return {c: v if v.ndim == 2 else np.asarray(v, dtype=np.float64) for c, v in columns.items()}
@@ -180,6 +197,17 @@ def model_modalities(model) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"model.config.modalities has names the registry does not know: {unknown}")
     return tuple(n for n in MODALITY_NAMES if n in names)
+
+
+def evaluation_columns(model, depth_scale=None) -> list[str]:
+    """The columns `run_evaluation` reads from the test split: the model's modalities, those the baselines
+    score, the photometry's errors for a model that takes them, and with `depth_scale` the noise-free fluxes."""
+    modalities = model_modalities(model)
+    needed = set(modalities) | set(TRAIN_COLUMNS)
+    columns = [n for n in MODALITY_NAMES if n in needed] + error_columns(modalities, uses_errors(model))
+    if depth_scale is not None:
+        columns += [c for c in depth_columns(modalities) if c not in columns]
+    return columns
 
 
 def score_target(condition: Condition, name: str, truth: np.ndarray, prediction: np.ndarray) -> dict:
@@ -388,11 +416,7 @@ def run_evaluation(
     out_dir = Path(out_dir)
     modalities = model_modalities(model)
     conditions = [c for c in CONDITIONS if set(c.inputs_needed) <= set(modalities)]
-    needed = set(modalities) | set(TRAIN_COLUMNS)
-    columns = [n for n in MODALITY_NAMES if n in needed] + error_columns(modalities, uses_errors(model))
-    if depth_scale is not None:
-        columns += [c for c in depth_columns(modalities) if c not in columns]
-    test_all = read_split(data_dir, "test", columns)
+    test_all = read_split(data_dir, "test", evaluation_columns(model, depth_scale))
     n_available = len(test_all["redshift"])
     test = _take(test_all, subsample_rows(n_available, max_test, seed))
     if depth_scale is not None:
@@ -460,6 +484,8 @@ def run_evaluation(
             os.replace(path, out_dir / path.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    for name in set(FIGURES.values()) - set(figure_files.values()):  # an earlier run's, no longer this report's
+        (out_dir / name).unlink(missing_ok=True)
     card = Path(model_name) / "README.md" if model_name else None
     if card is not None and card.is_file():
         write_text(replace_section(card.read_text(), "Evaluation", card_summary(metrics)), card)
@@ -489,28 +515,31 @@ def _write_figures(model, test, results, predictions, conditions, modalities, ou
     )
 
     files = {"conditions": figure_conditions(test, predictions, conditions, modalities, results,
-                                             out_dir / "figure2_conditions.png").name}
+                                             out_dir / FIGURES["conditions"]).name}
     photoz = {c: p["redshift"] for c, p in predictions.items()
               if results[c].get("redshift", {}).get("bias") is not None}
     if photoz:
         files["photoz"] = figure_photoz(test["redshift"], photoz, {c: results[c]["redshift"] for c in photoz},
-                                        out_dir / "photoz.png").name
+                                        out_dir / FIGURES["photoz"]).name
     if pits:
-        files["pit"] = figure_pit(pits, out_dir / "photoz_pit.png").name
+        files["pit"] = figure_pit(pits, out_dir / FIGURES["pit"]).name
     if hasattr(model, "embed"):
         maps, rows, method = embedding_maps(model, test, conditions, batch_size, seed)
         colours = {n: test[n][rows] for n in EMBEDDING_COLOURS if n in test}
-        files["embeddings"] = figure_embeddings(maps, colours, method, out_dir / "figure3_embeddings.png").name
+        files["embeddings"] = figure_embeddings(maps, colours, method, out_dir / FIGURES["embeddings"]).name
         metrics["embedding_map"] = {"method": method, "n_galaxies": int(len(rows))}
     return files
 
 
 def write_text(text: str, path) -> None:
     """Write a file atomically: a new, uniquely named temporary file beside it (never a name a user's file may
-    have, such as metrics.json.tmp), then rename."""
+    have, such as metrics.json.tmp), then rename. The file gets the mode of the one it replaces, or of a file
+    open() creates, not mkstemp's 0600."""
     path = Path(path)
+    mode = ordinary_mode(path)
     descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(descriptor, mode)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
