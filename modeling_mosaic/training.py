@@ -22,6 +22,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from .allocator import keep_freed_memory
 from .catalog.io import arrow_to_numpy
+from .files import readable_weights
 from .modalities import get_modality
 
 logger = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class MosaicTrainer(Trainer):
             folder = Path(output_dir or self.args.output_dir)
             (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
             (folder / TRAINING_ARGS_JSON).write_text(self.args.to_json_string())
+            readable_weights(folder)
 
     def create_model_card(self, **kwargs):
         if not self.is_world_process_zero() or self.card_template is None:

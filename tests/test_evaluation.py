@@ -847,3 +847,6 @@ def test_calibrating_in_place_keeps_the_model_whole_if_the_save_fails_and_keeps_
     assert (model / "checkpoint-4" / "trainer_state.json").read_text() == "{}"
     assert (model / "model.safetensors").read_bytes() == (checkpoint / "model.safetensors").read_bytes()
     assert stat.S_IMODE(model.stat().st_mode) == 0o751
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((model / "model.safetensors").stat().st_mode) == 0o666 & ~umask  # not safetensors' 0600

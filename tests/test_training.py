@@ -346,6 +346,10 @@ def test_model_folders_hold_no_pickle_and_their_training_arguments_as_json(train
     for checkpoint in folders[1:]:
         resume_state = {p.name for p in checkpoint.iterdir() if p.suffix in (".pt", ".pth")}
         assert resume_state == {"optimizer.pt", "scheduler.pt", "rng_state.pth"}, checkpoint
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for folder in folders:  # safetensors writes 0600: a folder shared with a group had all but its weights readable
+        assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask, folder
 
 
 def test_pushing_during_training_is_refused_before_any_work(catalog, tmp_path):

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from ..allocator import keep_freed_memory
-from ..files import ordinary_mode
+from ..files import ordinary_mode, readable_weights
 
 #: The weight files save_pretrained writes (one file, or shards and their index): an old one is never carried over.
 WEIGHTS = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
@@ -54,6 +54,7 @@ def save_in_place(model, out) -> None:
     old = None
     try:
         model.save_pretrained(staging)
+        readable_weights(staging)
         os.chmod(staging, ordinary_mode(out, directory=True))
         if out.exists():
             for entry in out.iterdir():
